@@ -1,0 +1,79 @@
+//! Types that cross the kernel boundary: written by the eBPF program, read
+//! (and for seeding, written) by the agent. Every struct is `#[repr(C)]` with
+//! explicit padding so both sides agree byte for byte.
+#![no_std]
+
+/// Per-socket entry of the `SOCKS` map, keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEntry {
+    /// `bpf_ktime_get_boot_ns()` when the socket entered `state` (for a
+    /// seeded socket: when the agent first saw it).
+    pub since_ns: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Kernel TCP state (1..=11).
+    pub state: u8,
+    /// [`FAMILY_INET`] or [`FAMILY_INET6`].
+    pub family: u8,
+    /// [`ENTRY_LIVE`] or [`ENTRY_TOMBSTONE`].
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// The entry tracks a live socket and is counted in `COUNTS`.
+pub const ENTRY_LIVE: u8 = 0;
+/// The socket closed while the agent was seeding: the entry only reserves the
+/// cookie so that a stale dump row cannot bring the socket back. Not counted.
+pub const ENTRY_TOMBSTONE: u8 = 1;
+
+/// Family index used in [`NsCounts`].
+pub const FAMILY_INET: u8 = 0;
+pub const FAMILY_INET6: u8 = 1;
+
+/// Slots per family in [`NsCounts`]: TCP states are 1..=12, so 16 fits them
+/// with a power-of-two stride the verifier can bound with a mask.
+pub const STATE_SLOTS: usize = 16;
+
+/// Per-CPU TCP counters of one network namespace (value of `COUNTS`, keyed by
+/// netns inode). Each CPU holds deltas; the true count is the sum over CPUs
+/// plus what the agent seeded, and any one CPU's value may be negative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NsCounts {
+    pub count: [i64; 2 * STATE_SLOTS],
+}
+
+impl NsCounts {
+    pub const ZERO: NsCounts = NsCounts {
+        count: [0; 2 * STATE_SLOTS],
+    };
+}
+
+/// Slot of `family` (FAMILY_*) and `state` in [`NsCounts::count`].
+#[inline(always)]
+pub const fn slot(family: u8, state: u8) -> usize {
+    ((family as usize & 1) * STATE_SLOTS) | (state as usize & (STATE_SLOTS - 1))
+}
+
+/// Indices of the `CONTROL` array map.
+pub const CONTROL_SEEDING: u32 = 0;
+
+/// Indices of the `ERRORS` per-CPU array map: things that make counts inexact.
+/// A per-socket insert failed (map full): that socket is not counted.
+pub const ERROR_SOCKS_FULL: u32 = 0;
+/// A namespace's counters could not be created (COUNTS full).
+pub const ERROR_COUNTS_FULL: u32 = 1;
+/// Reading the socket's family or namespace failed.
+pub const ERROR_READ: u32 = 2;
+pub const ERROR_SLOTS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, no padding, any bit pattern is valid.
+    unsafe impl aya::Pod for super::SockEntry {}
+    unsafe impl aya::Pod for super::NsCounts {}
+}
+
+const _: () = assert!(core::mem::size_of::<SockEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<NsCounts>() == 256);

@@ -1,0 +1,213 @@
+//! `netconn`: exact live TCP/UDP connection-state counts from the kernel.
+//!
+//! Where things are: a count is born in the eBPF program (netconn-ebpf) or in
+//! a sock_diag dump (`diag`), is stored in the kernel's maps (`probe`) and the
+//! agent's tracker (`tracker`), and is read through the agent's socket
+//! (`server` / `client`) and rendered by `counts` and `check`.
+
+mod btf;
+mod check;
+mod client;
+mod counts;
+mod diag;
+mod logger;
+mod probe;
+mod proto;
+mod server;
+mod sockstat;
+mod tracker;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    check::{CheckArgs, Status},
+    client::{Client, ClientError},
+    counts::Counts,
+};
+
+#[derive(Parser)]
+#[command(name = "netconn", version, about = "Exact live TCP/UDP connection-state counts from the kernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the eBPF tracker, seed existing sockets, serve queries on a Unix socket.
+    Agent(AgentArgs),
+    /// Print the current counts from the agent.
+    Stats(StatsArgs),
+    /// Nagios/Icinga plugin: check connection counts against thresholds.
+    #[command(disable_version_flag = true)]
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Unix socket to serve on.
+    #[arg(long, env = "NETCONN_SOCKET", default_value = check::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Group given access to the socket (mode 0660), e.g. the monitoring user's.
+    #[arg(long)]
+    group: Option<String>,
+    /// Capacity of the kernel's per-socket map (full TCP sockets in all namespaces).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(1 << 26)))]
+    max_sockets: u32,
+    /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=900))]
+    refresh_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// The agent's socket.
+    #[arg(long, env = "NETCONN_SOCKET", default_value = check::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON (keys tcp4, tcp6, udp4, udp6, tcp, udp, all, meta).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
+    let result = match cli.command {
+        Command::Agent(args) => agent(args),
+        Command::Stats(args) => stats(args),
+        Command::Check(args) => return run_check(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netconn: {}", render(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Usage errors exit 2, except under `check`, where the plugin contract says 3.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    let is_check = std::env::args().nth(1).as_deref() == Some("check");
+    if is_check {
+        let (text, status) = check::clap_error_report(e);
+        println!("{}", text.trim_end());
+        return ExitCode::from(status.code() as u8);
+    }
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+}
+
+/// One line: the error and its causes, without repeating a cause the
+/// message already contains.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut bound = server::Bound::bind(&args.socket, args.group.as_deref())?;
+    let tracker = Arc::new(tracker::Tracker::start(tracker::Config {
+        max_sockets: args.max_sockets,
+        refresh: Duration::from_millis(args.refresh_ms),
+    })?);
+    let maintenance = {
+        let tracker = Arc::clone(&tracker);
+        std::thread::Builder::new()
+            .name("refresh".into())
+            .spawn(move || tracker.run_maintenance())
+            .context("starting the refresh thread")?
+    };
+    log::info!("serving on {}", args.socket.display());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        tokio::select! {
+            _ = bound.serve(Arc::clone(&tracker)) => {}
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        anyhow::Ok(())
+    });
+    // Dropping the runtime ends the connection tasks and their tracker refs.
+    drop(runtime);
+    tracker.stop();
+    let _ = maintenance.join();
+    drop(bound);
+    // Last reference: detaches the program and frees the maps.
+    drop(tracker);
+    outcome
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let reply = Client::connect(&args.socket)?.stats()?;
+    if args.json {
+        println!("{reply}");
+        return Ok(());
+    }
+    let counts = Counts::from_json(&reply).context("the agent's reply has no counts")?;
+    print!("{}", counts.to_table());
+    if let Some(meta) = reply.get("meta") {
+        let exact = meta.get("exact").and_then(|v| v.as_bool()).unwrap_or(false);
+        let age = meta.get("refreshed_age_ms").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        if exact {
+            println!("exact; TIME_WAIT/request/UDP part {age:.0} ms old");
+        } else {
+            let reasons = meta.get("inexact").map(|v| v.to_string()).unwrap_or_default();
+            println!("NOT EXACT: {reasons}");
+        }
+    }
+    Ok(())
+}
+
+/// `netconn check`: always one line on stdout and a plugin exit code.
+fn run_check(args: &CheckArgs) -> ExitCode {
+    if args.version {
+        println!("{}", check::version_line());
+        return ExitCode::SUCCESS;
+    }
+    let (line, status) = match check_counts(args)
+        .and_then(|counts| check::evaluate(&counts, args).map_err(anyhow::Error::from))
+    {
+        Ok(result) => result,
+        Err(e) => (format!("UNKNOWN: {}", render(&e)), Status::Unknown),
+    };
+    println!("{line}");
+    ExitCode::from(status.code() as u8)
+}
+
+/// Counts from the agent; without one, from a single netlink dump (same
+/// numbers, O(sockets) instead of O(1)) unless `--require-agent`.
+fn check_counts(args: &CheckArgs) -> anyhow::Result<Counts> {
+    match Client::connect(&args.socket).and_then(|mut c| c.stats()) {
+        Ok(reply) => Counts::from_json(&reply).context("the agent's reply has no counts"),
+        Err(ClientError::NoAgent(path)) if args.require_agent => {
+            anyhow::bail!("no netconn agent at {}", path.display())
+        }
+        Err(ClientError::NoAgent(_)) => {
+            let tcp = diag::count(diag::Proto::Tcp, u32::MAX, |_| true)?;
+            let udp = diag::count(diag::Proto::Udp, u32::MAX, |_| true)?;
+            Ok(tcp.merged(&udp))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,285 @@
+//! The kernel side as the agent sees it: load the eBPF program with this
+//! kernel's struct offsets, attach it, and give typed access to its maps.
+//! Dropping a [`Probe`] detaches the program and frees its maps.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePoint,
+};
+use netconn_common::{
+    CONTROL_SEEDING, ENTRY_TOMBSTONE, ERROR_SLOTS, NsCounts, STATE_SLOTS, SockEntry,
+};
+
+use crate::btf::{Btf, BtfError};
+
+/// The compiled eBPF object, built by build.rs with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netconn"));
+
+/// Program name in the object and in `bpftool prog` (BPF names are cut to 15 bytes).
+pub const PROGRAM_NAME: &str = "netconn_state";
+const TRACEPOINT: &str = "inet_sock_set_state";
+/// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Btf(#[from] BtfError),
+    #[error(
+        "kernel has no tracepoint sock:{TRACEPOINT} in its BTF (needs Linux 4.16+ with CONFIG_DEBUG_INFO_BTF)"
+    )]
+    NoTracepoint,
+    #[error(
+        "permission denied loading eBPF: run as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
+    )]
+    Permission,
+    #[error("the eBPF object is empty: it was built with AYA_BUILD_SKIP=1; rebuild without it")]
+    EmptyObject,
+    #[error("loading the eBPF program failed: {0}")]
+    Load(String),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+/// What a socket insert from userspace did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Insert {
+    Inserted,
+    /// The kernel already has an entry (or a tombstone) for the cookie.
+    Exists,
+    /// The map is full.
+    Full,
+}
+
+pub struct Probe {
+    // Field order matters for Drop: maps before the program holding them.
+    socks: HashMap<MapData, u64, SockEntry>,
+    counts: PerCpuHashMap<MapData, u32, NsCounts>,
+    control: Array<MapData, u32>,
+    errors: PerCpuArray<MapData, u64>,
+    prog_fd: i32,
+    max_sockets: u32,
+    _ebpf: Ebpf,
+}
+
+impl Probe {
+    /// Load and attach. The program starts counting at once; the caller
+    /// seeds pre-existing sockets afterwards (`seeding` is on until
+    /// [`Probe::set_seeding`] turns it off).
+    pub fn attach(max_sockets: u32) -> Result<Probe, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::EmptyObject);
+        }
+        let btf = Btf::from_sys_fs()?;
+        if !btf.has_typedef(&format!("btf_trace_{TRACEPOINT}")) {
+            return Err(ProbeError::NoTracepoint);
+        }
+        let family = u64::from(btf.offset_of("sock_common", &["skc_family"])?);
+        let net = u64::from(btf.offset_of("sock_common", &["skc_net", "net"])?);
+        let inum = u64::from(btf.offset_of("net", &["ns", "inum"])?);
+
+        let aya_btf = AyaBtf::from_sys_fs().map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("SK_FAMILY_OFFSET", &family, true)
+            .override_global("SK_NET_OFFSET", &net, true)
+            .override_global("NET_INUM_OFFSET", &inum, true)
+            .map_max_entries("SOCKS", max_sockets)
+            .load(EBPF_OBJECT)
+            .map_err(|e| classify(&e))?;
+
+        let map_err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))
+        };
+        let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
+        let counts = PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
+        let mut control = Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
+        let errors = PerCpuArray::try_from(take(&mut ebpf, "ERRORS")?).map_err(map_err("ERRORS"))?;
+        control
+            .set(CONTROL_SEEDING, 1, 0)
+            .map_err(map_err("CONTROL"))?;
+
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| ProbeError::Load(format!("program {PROGRAM_NAME} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
+        program
+            .load(TRACEPOINT, &aya_btf)
+            .map_err(|e| classify(&e))?;
+        program.attach().map_err(|e| classify(&e))?;
+        let prog_fd = program
+            .fd()
+            .map_err(|e| ProbeError::Load(e.to_string()))?
+            .as_fd()
+            .as_raw_fd();
+
+        Ok(Probe {
+            socks,
+            counts,
+            control,
+            errors,
+            prog_fd,
+            max_sockets,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn max_sockets(&self) -> u32 {
+        self.max_sockets
+    }
+
+    pub fn set_seeding(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.control
+            .set(CONTROL_SEEDING, u32::from(on), 0)
+            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
+    }
+
+    /// Insert a dumped socket unless the kernel already has its cookie.
+    pub fn seed(&mut self, cookie: u64, entry: &SockEntry) -> Result<Insert, ProbeError> {
+        match self.socks.insert(cookie, entry, BPF_NOEXIST) {
+            Ok(()) => Ok(Insert::Inserted),
+            Err(e) => match os_error(&e) {
+                Some(libc::EEXIST) => Ok(Insert::Exists),
+                Some(libc::E2BIG) | Some(libc::ENOMEM) => Ok(Insert::Full),
+                _ => Err(ProbeError::Map("SOCKS", e.to_string())),
+            },
+        }
+    }
+
+    /// Drop the tombstones left by closes during seeding. Returns how many.
+    pub fn remove_tombstones(&mut self) -> Result<usize, ProbeError> {
+        let tombstones: Vec<u64> = self
+            .socks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.flags == ENTRY_TOMBSTONE)
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in &tombstones {
+            // A socket may have been destroyed-and-removed meanwhile: fine.
+            let _ = self.socks.remove(cookie);
+        }
+        Ok(tombstones.len())
+    }
+
+    /// Summed per-CPU TCP counter deltas of one namespace (slot layout of
+    /// `NsCounts`); zeros if the namespace has no counters yet.
+    pub fn tcp_deltas(&self, netns: u32) -> Result<[i64; 2 * STATE_SLOTS], ProbeError> {
+        let mut sum = [0i64; 2 * STATE_SLOTS];
+        match self.counts.get(&netns, 0) {
+            Ok(per_cpu) => {
+                for cpu in per_cpu.iter() {
+                    for (s, c) in sum.iter_mut().zip(cpu.count.iter()) {
+                        *s += c;
+                    }
+                }
+                Ok(sum)
+            }
+            Err(MapError::KeyNotFound) => Ok(sum),
+            Err(e) => Err(ProbeError::Map("COUNTS", e.to_string())),
+        }
+    }
+
+    /// Sockets the kernel side counts in all namespaces (live entries).
+    pub fn tracked_total(&self) -> i64 {
+        self.counts
+            .iter()
+            .filter_map(Result::ok)
+            .flat_map(|(_, per_cpu)| {
+                per_cpu
+                    .iter()
+                    .map(|c| c.count.iter().sum::<i64>())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
+    /// Error counters (ERROR_* indices), summed over CPUs.
+    pub fn errors(&self) -> [u64; ERROR_SLOTS as usize] {
+        let mut out = [0u64; ERROR_SLOTS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(per_cpu) = self.errors.get(&(i as u32), 0) {
+                *slot = per_cpu.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (an event we never saw). Read from bpf_prog_info.
+    pub fn recursion_misses(&self) -> u64 {
+        prog_info(self.prog_fd)
+            .map(|info| info.recursion_misses)
+            .unwrap_or(0)
+    }
+}
+
+fn prog_info(fd: i32) -> io::Result<aya_obj::generated::bpf_prog_info> {
+    // SAFETY: bpf_prog_info is plain data; the kernel fills at most info_len bytes.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr points to valid memory of the declared size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+            return Some(code);
+        }
+        if let Some(sys) = err.downcast_ref::<aya::sys::SyscallError>() {
+            return sys.io_error.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Turn an aya error into the one line a user needs.
+fn classify(e: &(dyn std::error::Error + 'static)) -> ProbeError {
+    match os_error(e) {
+        Some(libc::EPERM) | Some(libc::EACCES) => ProbeError::Permission,
+        _ => {
+            let mut msg = e.to_string();
+            let mut cur = e.source();
+            while let Some(inner) = cur {
+                msg.push_str(": ");
+                msg.push_str(&inner.to_string());
+                cur = inner.source();
+            }
+            ProbeError::Load(msg)
+        }
+    }
+}

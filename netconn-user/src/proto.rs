@@ -1,0 +1,37 @@
+//! The agent's wire protocol on its Unix socket: one JSON object per line
+//! each way. Requests: `{"cmd":"stats"}`, `{"cmd":"ping"}`. Replies: the
+//! stats object (seven count keys plus `meta`), `{"pong":true}`, or
+//! `{"error":"..."}` for anything the agent cannot serve.
+
+use serde::Deserialize;
+
+/// Longest request line accepted; longer ones get an error and the
+/// connection is closed (there is no way to find the next request in it).
+pub const MAX_REQUEST: usize = 4096;
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Stats,
+    Ping,
+}
+
+pub fn error_reply(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_requests_and_rejects_others() {
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).ok(),
+            Some(Request::Stats)
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"drop_tables"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>("stats").is_err());
+    }
+}

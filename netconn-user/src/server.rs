@@ -1,0 +1,210 @@
+//! The agent's Unix socket: who may bind it, and serving requests on it.
+//! Each connection is its own task; a bad or slow client only ever costs
+//! its own connection.
+
+use std::{
+    fs::{File, OpenOptions},
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Semaphore,
+};
+
+use crate::{
+    proto::{MAX_REQUEST, Request, error_reply},
+    tracker::Tracker,
+};
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// An idle connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("another netconn agent is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot create {0}: permission denied (run the agent as root)")]
+    Permission(PathBuf),
+    #[error("cannot bind {0}: {1}")]
+    Io(PathBuf, io::Error),
+    #[error("no group named {0}")]
+    NoGroup(String),
+}
+
+/// The bound socket plus the lock that makes it ours. Dropping it removes
+/// the socket file.
+pub struct Bound {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+    /// std until serving starts: binding happens before the runtime exists.
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Bound {
+    /// Take `path`: refuse if a live agent holds it, take over a stale file
+    /// left by a dead one. The lock file (`PATH.lock`, flock) decides, so two
+    /// agents starting at once cannot both win.
+    pub fn bind(path: &Path, group: Option<&str>) -> Result<Bound, ServerError> {
+        let io_err = |e: io::Error| match e.kind() {
+            io::ErrorKind::PermissionDenied => ServerError::Permission(path.to_path_buf()),
+            _ => ServerError::Io(path.to_path_buf(), e),
+        };
+        let gid = group.map(group_id).transpose()?;
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err)?;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if rc != 0 {
+            return Err(ServerError::AlreadyRunning(path.to_path_buf()));
+        }
+        // We hold the lock: any socket file is a dead agent's.
+        match std::fs::remove_file(path) {
+            Ok(()) => log::info!("removed stale socket {}", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+        listener.set_nonblocking(true).map_err(io_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+        }
+        Ok(Bound {
+            path: path.to_path_buf(),
+            lock_path,
+            _lock: lock,
+            listener: Some(listener),
+        })
+    }
+
+    /// Serve until the future is dropped.
+    pub async fn serve(&mut self, tracker: Arc<Tracker>) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        let listener = match UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("cannot serve {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let tracker = Arc::clone(&tracker);
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(stream, &tracker).await {
+                            log::debug!("connection ended: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+async fn serve_connection(stream: UnixStream, tracker: &Tracker) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+            Ok(n) => n?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let reply = if line.len() > MAX_REQUEST {
+                error_reply(&format!("request longer than {MAX_REQUEST} bytes"))
+            } else {
+                error_reply("request not terminated by a newline")
+            };
+            write.write_all(format!("{reply}\n").as_bytes()).await?;
+            return Ok(());
+        }
+        let mut reply = answer(&line, tracker);
+        reply.push('\n');
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn answer(line: &[u8], tracker: &Tracker) -> String {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_reply(&format!(
+                "bad request ({e}); expected {{\"cmd\":\"stats\"}} or {{\"cmd\":\"ping\"}}"
+            ));
+        }
+    };
+    match request {
+        Request::Ping => serde_json::json!({ "pong": true }).to_string(),
+        Request::Stats => {
+            let snapshot = tracker.snapshot();
+            let mut object = snapshot.counts.to_json();
+            match serde_json::to_value(&snapshot.meta) {
+                Ok(meta) => {
+                    object.insert("meta".into(), meta);
+                }
+                Err(e) => return error_reply(&format!("internal error: {e}")),
+            }
+            serde_json::Value::Object(object).to_string()
+        }
+    }
+}
+
+fn group_id(name: &str) -> Result<u32, ServerError> {
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+        .and_then(|f| f.get(2)?.parse().ok())
+        .or_else(|| name.parse().ok())
+        .ok_or_else(|| ServerError::NoGroup(name.to_string()))
+}
