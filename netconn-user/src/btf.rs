@@ -129,7 +129,11 @@ impl Btf {
                             name_off: u32_at(off)?,
                             type_id: u32_at(off + 4)?,
                             // With kind_flag the top 8 bits are a bitfield size.
-                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                         off += 12;
                     }
@@ -137,8 +141,8 @@ impl Btf {
                 KIND_ENUM => off += 8 * vlen,
                 KIND_FUNC_PROTO => off += 8 * vlen,
                 KIND_DATASEC | KIND_ENUM64 => off += 12 * vlen,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
                 _ => return Err(BtfError::Malformed("unknown BTF kind")),
             }
             types.push(Type {
@@ -192,7 +196,7 @@ impl Btf {
             bits += member_bits;
             id = self.strip(member_id);
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Missing(format!("{} (bitfield)", what())));
         }
         Ok(bits / 8)

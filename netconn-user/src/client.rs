@@ -50,7 +50,10 @@ impl Client {
     }
 
     /// Send one request object, return the reply object.
-    pub fn request(&mut self, request: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+    pub fn request(
+        &mut self,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let mut bytes = request.to_string().into_bytes();
         bytes.push(b'\n');
         let io = |e| ClientError::Io(self.path.clone(), e);

@@ -151,7 +151,7 @@ impl Counts {
 
     /// The seven-key JSON object of `stats --json` (`tcp4`, `tcp6`, `udp4`,
     /// `udp6`, `tcp`, `udp`, `all`), every state present, zeros included.
-    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+    pub fn json(&self) -> serde_json::Map<String, serde_json::Value> {
         let groups: [(&str, &[Family]); 7] = [
             ("tcp4", &[Family::Tcp4]),
             ("tcp6", &[Family::Tcp6]),
@@ -188,7 +188,7 @@ impl Counts {
 
     /// Human table: one row per state, one column per family plus totals.
     /// States that are zero everywhere are left out to keep it short.
-    pub fn to_table(&self) -> String {
+    pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -237,7 +237,7 @@ mod tests {
         c.set(Family::Tcp4, State::Listen, 3);
         c.set(Family::Tcp6, State::Listen, 2);
         c.set(Family::Udp4, State::Close, 5);
-        let json = c.to_json();
+        let json = c.json();
         assert_eq!(json.len(), 7);
         for (_, states) in &json {
             assert_eq!(states.as_object().map(|o| o.len()), Some(12));

@@ -29,7 +29,11 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "netconn", version, about = "Exact live TCP/UDP connection-state counts from the kernel")]
+#[command(
+    name = "netconn",
+    version,
+    about = "Exact live TCP/UDP connection-state counts from the kernel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -165,14 +169,20 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let counts = Counts::from_json(&reply).context("the agent's reply has no counts")?;
-    print!("{}", counts.to_table());
+    print!("{}", counts.table());
     if let Some(meta) = reply.get("meta") {
         let exact = meta.get("exact").and_then(|v| v.as_bool()).unwrap_or(false);
-        let age = meta.get("refreshed_age_ms").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let age = meta
+            .get("refreshed_age_ms")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
         if exact {
             println!("exact; TIME_WAIT/request/UDP part {age:.0} ms old");
         } else {
-            let reasons = meta.get("inexact").map(|v| v.to_string()).unwrap_or_default();
+            let reasons = meta
+                .get("inexact")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             println!("NOT EXACT: {reasons}");
         }
     }

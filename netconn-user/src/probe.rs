@@ -100,9 +100,12 @@ impl Probe {
                 .ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))
         };
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
-        let counts = PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
-        let mut control = Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
-        let errors = PerCpuArray::try_from(take(&mut ebpf, "ERRORS")?).map_err(map_err("ERRORS"))?;
+        let counts =
+            PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
+        let mut control =
+            Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
+        let errors =
+            PerCpuArray::try_from(take(&mut ebpf, "ERRORS")?).map_err(map_err("ERRORS"))?;
         control
             .set(CONTROL_SEEDING, 1, 0)
             .map_err(map_err("CONTROL"))?;
@@ -256,7 +259,10 @@ fn prog_info(fd: i32) -> io::Result<aya_obj::generated::bpf_prog_info> {
 fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(code) = err.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(code);
         }
         if let Some(sys) = err.downcast_ref::<aya::sys::SyscallError>() {

@@ -9,9 +9,18 @@ use serde::Deserialize;
 /// connection is closed (there is no way to find the next request in it).
 pub const MAX_REQUEST: usize = 4096;
 
+/// A request line. A struct rather than an internally tagged enum: serde
+/// ignores `deny_unknown_fields` on unit variants, and unknown fields must
+/// be refused, not silently dropped.
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Request {
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub cmd: Command,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
     Stats,
     Ping,
 }
@@ -28,7 +37,9 @@ mod tests {
     fn parses_known_requests_and_rejects_others() {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).ok(),
-            Some(Request::Stats)
+            Some(Request {
+                cmd: Command::Stats
+            })
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"drop_tables"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","x":1}"#).is_err());

@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use crate::{
-    proto::{MAX_REQUEST, Request, error_reply},
+    proto::{Command, MAX_REQUEST, Request, error_reply},
     tracker::Tracker,
 };
 
@@ -43,7 +43,6 @@ pub enum ServerError {
 /// the socket file.
 pub struct Bound {
     path: PathBuf,
-    lock_path: PathBuf,
     _lock: File,
     /// std until serving starts: binding happens before the runtime exists.
     listener: Option<std::os::unix::net::UnixListener>,
@@ -92,7 +91,6 @@ impl Bound {
         }
         Ok(Bound {
             path: path.to_path_buf(),
-            lock_path,
             _lock: lock,
             listener: Some(listener),
         })
@@ -138,8 +136,9 @@ impl Bound {
 impl Drop for Bound {
     fn drop(&mut self) {
         self.listener = None;
+        // The lock file stays: unlinking it while another agent may have it
+        // open would let two agents lock two different files.
         let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 
@@ -182,11 +181,11 @@ fn answer(line: &[u8], tracker: &Tracker) -> String {
             ));
         }
     };
-    match request {
-        Request::Ping => serde_json::json!({ "pong": true }).to_string(),
-        Request::Stats => {
+    match request.cmd {
+        Command::Ping => serde_json::json!({ "pong": true }).to_string(),
+        Command::Stats => {
             let snapshot = tracker.snapshot();
-            let mut object = snapshot.counts.to_json();
+            let mut object = snapshot.counts.json();
             match serde_json::to_value(&snapshot.meta) {
                 Ok(meta) => {
                     object.insert("meta".into(), meta);

@@ -147,10 +147,6 @@ impl Tracker {
         Ok(tracker)
     }
 
-    pub fn seed_report(&self) -> SeedReport {
-        self.current().report.clone()
-    }
-
     fn current(&self) -> Arc<Generation> {
         match self.generation.read() {
             Ok(g) => Arc::clone(&g),
@@ -309,7 +305,10 @@ impl Generation {
         let mut report = SeedReport::default();
         let mut seed_base = [0i64; 2 * STATE_SLOTS];
         let mut failure = None;
-        for (af, family) in [(libc::AF_INET as u8, FAMILY_INET), (libc::AF_INET6 as u8, FAMILY_INET6)] {
+        for (af, family) in [
+            (libc::AF_INET as u8, FAMILY_INET),
+            (libc::AF_INET6 as u8, FAMILY_INET6),
+        ] {
             diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
                 if row.kind != Kind::Full || failure.is_some() {
                     return;
@@ -413,7 +412,8 @@ impl DriftWatch {
             self.rounds = 1;
             self.last = Some(sample);
         }
-        (self.rounds >= DRIFT_ROUNDS).then_some("TCP counts differ from the kernel's inuse counters")
+        (self.rounds >= DRIFT_ROUNDS)
+            .then_some("TCP counts differ from the kernel's inuse counters")
     }
 
     fn reason(&self) -> Option<String> {

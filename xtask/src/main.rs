@@ -71,7 +71,9 @@ fn workspace_root() -> PathBuf {
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let st = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !st.success() {
         bail!("{shown} failed ({st})");
     }
@@ -130,7 +132,9 @@ fn setup_if_needed() -> anyhow::Result<()> {
 fn setup() -> anyhow::Result<()> {
     let missing = missing();
     if missing.contains(&"llvm") {
-        say(&format!("installing {LLVM_PACKAGE} (bpf-linker links against LLVM 22, the nightly's LLVM)"));
+        say(&format!(
+            "installing {LLVM_PACKAGE} (bpf-linker links against LLVM 22, the nightly's LLVM)"
+        ));
         status(Command::new("apt-get").args(["update", "-qq"]))?;
         status(
             Command::new("apt-get")
@@ -140,7 +144,13 @@ fn setup() -> anyhow::Result<()> {
     }
     if missing.contains(&"rust-src") {
         say("adding rust-src to the nightly toolchain (the eBPF crate builds core from source)");
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if missing.contains(&"bpf-linker") {
         say("building bpf-linker against LLVM 22 (about a minute)");
@@ -176,10 +186,23 @@ fn cargo() -> Command {
 }
 
 fn build() -> anyhow::Result<PathBuf> {
-    say("building netconn (release; the eBPF program is built by netconn-user/build.rs on nightly)");
+    say(
+        "building netconn (release; the eBPF program is built by netconn-user/build.rs on nightly)",
+    );
     let started = Instant::now();
-    status(cargo().args(["build", "--release", "--package", "netconn-user", "--package", "netconn-tests", "--bins"]))?;
-    say(&format!("built in {:.1} s", started.elapsed().as_secs_f64()));
+    status(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "netconn-user",
+        "--package",
+        "netconn-tests",
+        "--bins",
+    ]))?;
+    say(&format!(
+        "built in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(workspace_root().join("target/release/netconn"))
 }
 
@@ -228,7 +251,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     say("cargo fmt --check");
     status(cargo().args(["fmt", "--all", "--", "--check"]))?;
     say("cargo clippy -D warnings");
-    status(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let netconn = build()?;
     if !is_root() {
         bail!("the integration tests load eBPF into the kernel: run them as root");

@@ -1,0 +1,271 @@
+//! The kernel's O(1) per-namespace socket counters, `/proc/net/sockstat` and
+//! `/proc/net/sockstat6`.
+//!
+//! `inuse` counts full sockets hashed by the protocol (listeners, connecting,
+//! connected and orphaned ones, bound UDP sockets); `tw` counts timewait socks
+//! of both address families. Request socks are in neither.
+
+use std::{fs, io};
+
+/// Read through `thread-self`, not `/proc/net` (= `/proc/self/net`, the main
+/// thread's namespace), so that the numbers come from the same namespace as a
+/// sock_diag dump made by the calling thread.
+const SOCKSTAT: &str = "/proc/thread-self/net/sockstat";
+const SOCKSTAT6: &str = "/proc/thread-self/net/sockstat6";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStat {
+    /// `TCP: inuse`: IPv4 TCP sockets, timewait and request socks excluded.
+    pub tcp4_inuse: u64,
+    /// `TCP6: inuse`.
+    pub tcp6_inuse: u64,
+    /// `TCP: tw`: timewait socks, IPv4 and IPv6 together.
+    pub tw: u64,
+    /// `UDP: inuse`.
+    pub udp4_inuse: u64,
+    /// `UDP6: inuse`.
+    pub udp6_inuse: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SockStatError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{file}: no `{key}` in a `{line}:` line")]
+    Missing {
+        file: &'static str,
+        line: &'static str,
+        key: &'static str,
+    },
+    #[error("{file}: `{line}: {key}` is {value:?}, not a count")]
+    BadNumber {
+        file: &'static str,
+        line: &'static str,
+        key: &'static str,
+        value: String,
+    },
+}
+
+/// Read the counters of the calling thread's network namespace.
+pub fn read() -> Result<SockStat, SockStatError> {
+    let v4 = fs::read_to_string(SOCKSTAT).map_err(|source| SockStatError::Io {
+        path: SOCKSTAT,
+        source,
+    })?;
+    let v6 = match fs::read_to_string(SOCKSTAT6) {
+        Ok(text) => text,
+        // The file does not exist when IPv6 is disabled: no IPv6 sockets.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(SockStatError::Io {
+                path: SOCKSTAT6,
+                source,
+            });
+        }
+    };
+    parse(&v4, &v6)
+}
+
+/// Parse the two files' contents. An empty `sockstat6` means no IPv6.
+pub fn parse(sockstat: &str, sockstat6: &str) -> Result<SockStat, SockStatError> {
+    const V4: &str = "sockstat";
+    const V6: &str = "sockstat6";
+    let no_v6 = sockstat6.trim().is_empty();
+    let v6 = |line, key| {
+        if no_v6 {
+            Ok(0)
+        } else {
+            field(sockstat6, V6, line, key)
+        }
+    };
+    Ok(SockStat {
+        tcp4_inuse: field(sockstat, V4, "TCP", "inuse")?,
+        tw: field(sockstat, V4, "TCP", "tw")?,
+        udp4_inuse: field(sockstat, V4, "UDP", "inuse")?,
+        tcp6_inuse: v6("TCP6", "inuse")?,
+        udp6_inuse: v6("UDP6", "inuse")?,
+    })
+}
+
+/// The value after `key` on the line `label: key value key value ...`.
+fn field(
+    text: &str,
+    file: &'static str,
+    label: &'static str,
+    key: &'static str,
+) -> Result<u64, SockStatError> {
+    let missing = SockStatError::Missing {
+        file,
+        line: label,
+        key,
+    };
+    // Exact label match: "UDP" must not pick up "UDPLITE".
+    let Some(rest) = text
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(name, _)| name.trim() == label))
+        .map(|(_, rest)| rest)
+    else {
+        return Err(missing);
+    };
+    let mut words = rest.split_whitespace();
+    while let Some(word) = words.next() {
+        let value = words.next();
+        if word == key {
+            let value = value.unwrap_or_default();
+            return value.parse().map_err(|_| SockStatError::BadNumber {
+                file,
+                line: label,
+                key,
+                value: value.to_string(),
+            });
+        }
+    }
+    Err(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: &str = "sockets: used 19\n\
+        TCP: inuse 5 orphan 0 tw 2 alloc 8 mem 1\n\
+        UDP: inuse 3 mem 2\n\
+        UDPLITE: inuse 9\n\
+        RAW: inuse 0\n\
+        FRAG: inuse 0 memory 0\n";
+    const V6: &str =
+        "TCP6: inuse 2\nUDP6: inuse 1\nUDPLITE6: inuse 7\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n";
+
+    #[test]
+    fn parses_sample() {
+        let s = parse(V4, V6).unwrap();
+        assert_eq!(
+            s,
+            SockStat {
+                tcp4_inuse: 5,
+                tcp6_inuse: 2,
+                tw: 2,
+                udp4_inuse: 3,
+                udp6_inuse: 1
+            }
+        );
+    }
+
+    #[test]
+    fn empty_sockstat6_means_no_ipv6() {
+        let s = parse(V4, "").unwrap();
+        assert_eq!((s.tcp6_inuse, s.udp6_inuse, s.tcp4_inuse), (0, 0, 5));
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_errors() {
+        let no_udp = V4.replace("UDP: inuse 3 mem 2\n", "");
+        assert!(matches!(
+            parse(&no_udp, V6),
+            Err(SockStatError::Missing { line: "UDP", .. })
+        ));
+        let no_tw = V4.replace(" tw 2", "");
+        assert!(matches!(
+            parse(&no_tw, V6),
+            Err(SockStatError::Missing { key: "tw", .. })
+        ));
+        let bad = V4.replace("inuse 5", "inuse x5");
+        let err = parse(&bad, V6).unwrap_err();
+        assert!(matches!(err, SockStatError::BadNumber { ref value, .. } if value == "x5"));
+        assert!(err.to_string().contains("TCP: inuse"), "{err}");
+        let dangling = V4.replace("tw 2 alloc 8 mem 1", "tw");
+        assert!(matches!(
+            parse(&dangling, V6),
+            Err(SockStatError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            parse(V4, "TCP6: inuse 2\n"),
+            Err(SockStatError::Missing {
+                file: "sockstat6",
+                line: "UDP6",
+                ..
+            })
+        ));
+        assert!(parse("", V6).is_err());
+    }
+
+    #[test]
+    fn reads_this_namespace() {
+        let s = read().unwrap();
+        eprintln!("{s:?}");
+    }
+
+    /// Relations between the counters and a sock_diag dump, on a known
+    /// population in a private namespace.
+    #[test]
+    fn inuse_matches_full_sockets_in_dump() {
+        use crate::counts::{Family, State};
+        use crate::diag::{self, ALL_STATES, BOUND_INACTIVE, Kind, Proto, testutil};
+        use std::time::Duration;
+
+        let Some(()) = testutil::in_fresh_netns(|| {
+            let (_population, want) = testutil::build_population();
+            // A v4-mapped connection to a dual-stack listener: the accepted
+            // side is an AF_INET6 socket.
+            let dual = std::net::TcpListener::bind("[::]:0").unwrap();
+            let port = dual.local_addr().unwrap().port();
+            let _mapped_client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_mapped_server, peer) = dual.accept().unwrap();
+            eprintln!("accepted v4-mapped peer {peer}");
+
+            let full = |proto| diag::count(proto, ALL_STATES, |r| r.kind == Kind::Full).unwrap();
+            // Let FIN/ACK exchanges (delayed ACKs) settle first.
+            let mut want = want;
+            want.add(Family::Tcp4, State::Established, 1);
+            want.add(Family::Tcp6, State::Established, 1);
+            let all = || {
+                diag::count(Proto::Tcp, ALL_STATES, |_| true)
+                    .unwrap()
+                    .merged(&diag::count(Proto::Udp, ALL_STATES, |_| true).unwrap())
+            };
+            assert!(testutil::wait_until(Duration::from_secs(5), || all() == want));
+
+            let stat = read().unwrap();
+            let tcp = full(Proto::Tcp);
+            let udp = full(Proto::Udp);
+            let bound = diag::count(Proto::Tcp, BOUND_INACTIVE, |_| true).unwrap();
+            let tw = diag::count(Proto::Tcp, ALL_STATES, |r| r.kind == Kind::TimeWait).unwrap();
+            let mut orphans = 0;
+            for af in [diag::AF_INET, diag::AF_INET6] {
+                diag::dump(Proto::Tcp, af, ALL_STATES, |r| {
+                    if r.kind == Kind::Full && r.inode == 0 {
+                        orphans += 1;
+                    }
+                })
+                .unwrap();
+            }
+            eprintln!("sockstat: {stat:?}");
+            eprintln!("full tcp rows:\n{}", tcp.to_table());
+            eprintln!(
+                "bound-inactive tcp4/tcp6: {}/{}; timewait rows: {}; full orphans (inode 0): {orphans}",
+                bound.family_total(Family::Tcp4),
+                bound.family_total(Family::Tcp6),
+                tw.family_total(Family::Tcp4) + tw.family_total(Family::Tcp6)
+            );
+            assert!(
+                tcp.get(Family::Tcp4, State::SynSent) > 0
+                    && tcp.get(Family::Tcp4, State::Listen) > 0
+            );
+            assert!(orphans > 0, "population has an orphaned FIN_WAIT1 socket");
+            assert_eq!(stat.tcp4_inuse, tcp.family_total(Family::Tcp4));
+            assert_eq!(stat.tcp6_inuse, tcp.family_total(Family::Tcp6));
+            assert_eq!(
+                stat.tw,
+                tw.family_total(Family::Tcp4) + tw.family_total(Family::Tcp6)
+            );
+            assert_eq!(stat.udp4_inuse, udp.family_total(Family::Udp4));
+            assert_eq!(stat.udp6_inuse, udp.family_total(Family::Udp6));
+        }) else {
+            return;
+        };
+    }
+}

@@ -1,0 +1,215 @@
+//! Running the real `netconn agent` in tests: start it (optionally inside a
+//! network namespace) on a private socket, ask it for stats, stop it with
+//! SIGTERM and check that it cleaned up.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Netns, SsCounts, counts_from_json, diff_counts, ss_counts_in};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The `netconn` binary under test: `$NETCONN_BIN` (set by `cargo xtask
+/// test`), else the workspace's release or debug build.
+pub fn netconn_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NETCONN_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let candidate = root.join("target").join(profile).join("netconn");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no netconn binary: run `cargo xtask test` or set NETCONN_BIN")
+}
+
+/// A fresh socket path for one agent.
+pub fn socket_path() -> PathBuf {
+    PathBuf::from(format!(
+        "/tmp/netconn-test-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    socket: PathBuf,
+    netns: Option<String>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Start an agent in the test's own namespace.
+    pub fn start(extra: &[&str]) -> Result<Agent> {
+        Self::start_in(None, extra)
+    }
+
+    /// Start an agent (inside `netns` when given) and wait until it answers.
+    pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Result<Agent> {
+        let bin = netconn_bin()?;
+        let socket = socket_path();
+        let log = socket.with_extension("log");
+        let mut cmd = match netns {
+            Some(ns) => ns.command(&bin),
+            None => Command::new(&bin),
+        };
+        cmd.arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating agent log")?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            netns: netns.map(|n| n.name().to_string()),
+            log,
+        };
+        agent.wait_serving(Duration::from_secs(60))?;
+        Ok(agent)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_serving(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.request(r#"{"cmd":"ping"}"#).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited ({status}) before serving:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("agent not serving after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send one raw request line, return the reply line.
+    pub fn request(&self, line: &str) -> Result<String> {
+        let stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut writer = stream.try_clone()?;
+        writer.write_all(line.as_bytes())?;
+        writer.write_all(b"\n")?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply)?;
+        Ok(reply)
+    }
+
+    /// The agent's `stats --json` object.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let reply = self.request(r#"{"cmd":"stats"}"#)?;
+        serde_json::from_str(&reply).with_context(|| format!("bad stats reply: {reply}"))
+    }
+
+    /// The agent's counts in `ss` shape, and whether it calls them exact.
+    pub fn counts(&self) -> Result<(SsCounts, serde_json::Value)> {
+        let stats = self.stats()?;
+        let meta = stats.get("meta").cloned().unwrap_or_default();
+        Ok((counts_from_json(&stats)?, meta))
+    }
+
+    /// Wait until `ss` (in the agent's namespace) is quiet and the agent
+    /// agrees with it exactly, calling itself exact. The refreshed part of
+    /// the agent's answer may lag by up to its refresh interval, so a few
+    /// rounds are allowed; the last difference is the error.
+    pub fn assert_matches_ss(&self, timeout: Duration) -> Result<SsCounts> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let before = ss_counts_in(self.netns.as_deref())?;
+            let (agent, meta) = self.counts()?;
+            let after = ss_counts_in(self.netns.as_deref())?;
+            let exact = meta.get("exact").and_then(|e| e.as_bool()) == Some(true);
+            let last = if before == after {
+                let diff = diff_counts(&agent, &after);
+                if diff.is_empty() && exact {
+                    return Ok(after);
+                }
+                format!("differences: {diff:?}; meta: {meta}")
+            } else {
+                "ss never settled".to_string()
+            };
+            if Instant::now() > deadline {
+                bail!("agent does not match ss after {timeout:?}: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, wait, and check the socket file is gone.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let status = self.terminate()?;
+        if self.socket.exists() {
+            bail!("agent left its socket {} behind", self.socket.display());
+        }
+        Ok(status)
+    }
+
+    fn terminate(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped");
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("agent ignored SIGTERM for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Names of the BPF programs loaded in the kernel right now.
+pub fn loaded_bpf_program_names() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        names.push(info.name_as_str().unwrap_or_default().to_string());
+    }
+    Ok(names)
+}

@@ -1,0 +1,49 @@
+//! Helpers for netconn's integration tests: build known socket populations
+//! with the `popgen` binary ([`Population`]), read what `ss` sees
+//! ([`ss_counts`]), compare ([`diff_counts`]), and isolate tests in fresh
+//! network namespaces ([`Netns`]).
+//!
+//! A typical test:
+//! ```no_run
+//! use netconn_tests::*;
+//! # fn main() -> anyhow::Result<()> {
+//! if !require_root() { return Ok(()); }
+//! let base = wait_quiescent(std::time::Duration::from_secs(10))?;
+//! let spec = PopSpec { established: 100, family: FamilySel::Both, ..PopSpec::default() };
+//! // In an integration test: Population::start(env!("CARGO_BIN_EXE_popgen"), &spec)
+//! let pop = Population::start(popgen_path()?, &spec)?;
+//! let want = add_counts(&base, pop.expected());
+//! let got = ss_counts()?;
+//! assert!(diff_counts_labeled(&want, "expected", &got, "ss").is_empty());
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+pub mod generator;
+pub mod netns;
+pub mod population;
+pub mod spec;
+pub mod ss;
+
+pub use agent::{Agent, loaded_bpf_program_names, netconn_bin, socket_path};
+pub use netns::{Netns, with_netns};
+pub use population::{PopOptions, Population, popgen_path};
+pub use spec::{ChurnSpec, Family, FamilySel, PopSpec, add_counts};
+pub use ss::{
+    FAMILIES, STATES, SsCounts, counts_from_json, diff_counts, diff_counts_labeled, ss_counts,
+    ss_counts_in, wait_quiescent, wait_quiescent_with, zero_counts,
+};
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        eprintln!("skipping: needs root (sockets in bulk, ss -K, ip netns); euid is {euid}");
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;
