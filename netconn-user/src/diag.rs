@@ -34,10 +34,12 @@ pub const AF_INET6: u8 = libc::AF_INET6 as u8;
 /// Every classic state bit, 0..=11: what `ss -a` (iproute2 6.1) asks for.
 /// Setting the SYN_RECV bit makes the kernel add TCP_NEW_SYN_RECV (12), so
 /// request sockets are included and reported as state 3.
+#[allow(dead_code, reason = "API for callers; tests use it")]
 pub const ALL_STATES: u32 = (1 << 12) - 1;
 /// TCP_BOUND_INACTIVE (13): TCP sockets that are bound but neither listening
-/// nor connected. Opt-in: they are dumped with state CLOSE (7), `ss` 6.1 does
-/// not show them, and they never pass through a state change.
+/// nor connected. Opt-in: they are dumped with state CLOSE (7) and `ss`
+/// (iproute2 6.1) does not show them.
+#[allow(dead_code, reason = "API for callers; tests use it")]
 pub const BOUND_INACTIVE: u32 = 1 << 13;
 
 /// `idiag_timer` value the kernel uses only for timewait socks.
@@ -598,17 +600,6 @@ pub(crate) mod testutil {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
         st.st_ino as u32
-    }
-
-    pub fn raise_nofile(n: u64) {
-        let lim = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        // SAFETY: plain syscall with a valid rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            eprintln!("setrlimit(NOFILE, {n}): {}", io::Error::last_os_error());
-        }
     }
 
     /// `ss` state name to state (iproute2's `sstate_name`).
@@ -1258,13 +1249,17 @@ mod tests {
                     .unwrap();
                 holders.push(child);
             }
+            // Kept open until the holders exit, so they never write to a
+            // closed pipe.
+            let mut outputs = Vec::new();
             for child in &mut holders {
-                let out = child.stdout.take().unwrap();
-                let ready = BufReader::new(out)
+                let mut out = BufReader::new(child.stdout.take().unwrap());
+                let ready = (&mut out)
                     .lines()
                     .map_while(Result::ok)
-                    .any(|l| l.starts_with("holder-ready"));
+                    .any(|l| l.contains("holder-ready"));
                 assert!(ready, "holder did not start");
+                outputs.push(out);
             }
             let sockets = (n / 2) * 2 + holders.len();
             eprintln!(
@@ -1274,13 +1269,15 @@ mod tests {
             );
 
             for round in 0..3 {
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), thread_cpu());
                 let mut rows = 0usize;
                 dump(Proto::Tcp, AF_INET, ALL_STATES, |_| rows += 1).unwrap();
-                let d = t.elapsed();
+                let (d, cpu_end) = (t.elapsed(), thread_cpu());
                 eprintln!(
-                    "round {round}: dump of {rows} tcp4 rows in {d:?} ({:.0} ns/row)",
-                    d.as_nanos() as f64 / rows.max(1) as f64
+                    "round {round}: dump of {rows} tcp4 rows in {d:?} ({:.0} ns/row; user {:?}, sys {:?})",
+                    d.as_nanos() as f64 / rows.max(1) as f64,
+                    cpu_end.0 - cpu.0,
+                    cpu_end.1 - cpu.1,
                 );
                 assert_eq!(rows, sockets);
             }
@@ -1305,9 +1302,21 @@ mod tests {
                 drop(child.stdin.take()); // EOF: the holder exits
                 let _ = child.wait();
             }
+            drop(outputs);
         }) else {
             return;
         };
+    }
+
+    /// (user, system) CPU time of the calling thread.
+    fn thread_cpu() -> (Duration, Duration) {
+        // SAFETY: getrusage fills the zeroed struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+        let tv = |t: libc::timeval| {
+            Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64)
+        };
+        (tv(ru.ru_utime), tv(ru.ru_stime))
     }
 
     const HOLDER_ENV: &str = "NETCONN_DIAG_HOLDER_PAIRS";

@@ -195,10 +195,11 @@ fn run_check(args: &CheckArgs) -> ExitCode {
         println!("{}", check::version_line());
         return ExitCode::SUCCESS;
     }
-    let (line, status) = match check_counts(args)
-        .and_then(|counts| check::evaluate(&counts, args).map_err(anyhow::Error::from))
-    {
-        Ok(result) => result,
+    let (line, status) = match check_counts(args) {
+        Ok(counts) => match check::evaluate(&counts, args) {
+            Ok(result) => result,
+            Err(e) => (e.to_string(), e.status()),
+        },
         Err(e) => (format!("UNKNOWN: {}", render(&e)), Status::Unknown),
     };
     println!("{line}");
@@ -214,8 +215,8 @@ fn check_counts(args: &CheckArgs) -> anyhow::Result<Counts> {
             anyhow::bail!("no netconn agent at {}", path.display())
         }
         Err(ClientError::NoAgent(_)) => {
-            let tcp = diag::count(diag::Proto::Tcp, u32::MAX, |_| true)?;
-            let udp = diag::count(diag::Proto::Udp, u32::MAX, |_| true)?;
+            let tcp = diag::count(diag::Proto::Tcp, diag::ALL_STATES, |_| true)?;
+            let udp = diag::count(diag::Proto::Udp, diag::ALL_STATES, |_| true)?;
             Ok(tcp.merged(&udp))
         }
         Err(e) => Err(e.into()),

@@ -222,12 +222,14 @@ mod tests {
             let mut want = want;
             want.add(Family::Tcp4, State::Established, 1);
             want.add(Family::Tcp6, State::Established, 1);
+            want.add(Family::Tcp6, State::Listen, 1);
             let all = || {
                 diag::count(Proto::Tcp, ALL_STATES, |_| true)
                     .unwrap()
                     .merged(&diag::count(Proto::Udp, ALL_STATES, |_| true).unwrap())
             };
-            assert!(testutil::wait_until(Duration::from_secs(5), || all() == want));
+            let settled = testutil::wait_until(Duration::from_secs(5), || all() == want);
+            assert!(settled, "dump {:?} != expected {want:?}", all());
 
             let stat = read().unwrap();
             let tcp = full(Proto::Tcp);
@@ -244,7 +246,12 @@ mod tests {
                 .unwrap();
             }
             eprintln!("sockstat: {stat:?}");
-            eprintln!("full tcp rows:\n{}", tcp.to_table());
+            for state in State::ALL {
+                let (v4, v6) = (tcp.get(Family::Tcp4, state), tcp.get(Family::Tcp6, state));
+                if v4 + v6 > 0 {
+                    eprintln!("full rows {:<12} tcp4 {v4:3} tcp6 {v6:3}", state.name());
+                }
+            }
             eprintln!(
                 "bound-inactive tcp4/tcp6: {}/{}; timewait rows: {}; full orphans (inode 0): {orphans}",
                 bound.family_total(Family::Tcp4),

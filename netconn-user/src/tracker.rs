@@ -27,14 +27,11 @@ use netconn_common::{
 
 use crate::{
     counts::{Counts, Family, State},
-    diag::{self, Kind, Proto},
+    diag::{self, ALL_STATES, Kind, Proto},
     probe::{Insert, Probe, ProbeError},
     sockstat,
 };
 
-/// Every TCP state bit, for the seeding dump (TIME_WAIT rows are skipped by
-/// kind, and so are request sockets).
-const ALL_STATES: u32 = 0xfff;
 /// The dump that finds what the tracepoint never reports: timewait socks
 /// (TIME_WAIT, and FIN_WAIT2 of an orphan) and request socks (SYN_RECV).
 const UNTRACKED_STATES: u32 = (1 << 3) | (1 << 5) | (1 << 6);

@@ -259,6 +259,27 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    if succeeds(Command::new("cargo").args(["+nightly", "clippy", "--version"])) {
+        say("cargo +nightly clippy -D warnings on the eBPF crate (bpfel target)");
+        status(
+            cargo()
+                .current_dir(workspace_root().join("netconn-ebpf"))
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+        )?;
+    } else {
+        say("skipping clippy on the eBPF crate: the nightly toolchain has no clippy");
+    }
     let netconn = build()?;
     if !is_root() {
         bail!("the integration tests load eBPF into the kernel: run them as root");
@@ -266,7 +287,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     say("running unit and integration tests one at a time (they share the kernel)");
     status(
         cargo()
-            .args(["test", "--release", "--workspace", "--", "--test-threads=1"])
+            .args(["test", "--release", "--", "--test-threads=1"])
             .args(args)
             .env("NETCONN_BIN", &netconn),
     )
