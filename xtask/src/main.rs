@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod bench;
+
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark: check latency against the agent, the netlink fallback and ss, at scale.
+    Bench {
+        /// Largest population to build (spread over several processes).
+        #[arg(long, default_value_t = 200_000)]
+        sockets: u64,
+        /// Queries per population size for the per-query figures.
+        #[arg(long, default_value_t = 20_000)]
+        queries: usize,
+        /// Whole-process runs per population size.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +59,23 @@ fn main() -> ExitCode {
         Task::Build => setup_if_needed().and_then(|()| build()).map(|_| ()),
         Task::Run { args } => setup_if_needed().and_then(|()| run(&args)),
         Task::Test { args } => setup_if_needed().and_then(|()| test(&args)),
+        Task::Bench {
+            sockets,
+            queries,
+            runs,
+        } => setup_if_needed().and_then(|()| {
+            let netconn = build()?;
+            let popgen = workspace_root().join("target/release/popgen");
+            bench::run(
+                &popgen,
+                &netconn,
+                &bench::BenchArgs {
+                    sockets,
+                    queries,
+                    runs,
+                },
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
