@@ -59,14 +59,18 @@ pub const fn slot(family: u8, state: u8) -> usize {
 /// Indices of the `CONTROL` array map.
 pub const CONTROL_SEEDING: u32 = 0;
 
-/// Indices of the `ERRORS` per-CPU array map: things that make counts inexact.
-/// A per-socket insert failed (map full): that socket is not counted.
-pub const ERROR_SOCKS_FULL: u32 = 0;
+/// Indices of the `STATS` per-CPU array map. The first three make counts
+/// inexact. A per-socket insert failed (map full): that socket is not counted.
+pub const STAT_SOCKS_FULL: u32 = 0;
 /// A namespace's counters could not be created (COUNTS full).
-pub const ERROR_COUNTS_FULL: u32 = 1;
+pub const STAT_COUNTS_FULL: u32 = 1;
 /// Reading the socket's family or namespace failed.
-pub const ERROR_READ: u32 = 2;
-pub const ERROR_SLOTS: u32 = 4;
+pub const STAT_READ_FAILED: u32 = 2;
+/// Events the backup program handled because the primary was busy on that
+/// CPU (the kernel skipped the primary's nested run). Equal to the primary's
+/// `recursion_misses` when nothing was lost.
+pub const STAT_BACKUP_HANDLED: u32 = 3;
+pub const STAT_SLOTS: u32 = 4;
 
 #[cfg(feature = "user")]
 mod user {

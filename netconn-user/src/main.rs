@@ -58,8 +58,9 @@ struct AgentArgs {
     /// Group given access to the socket (mode 0660), e.g. the monitoring user's.
     #[arg(long)]
     group: Option<String>,
-    /// Capacity of the kernel's per-socket map (full TCP sockets in all namespaces).
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(1 << 26)))]
+    /// Capacity of the kernel's per-socket map (full TCP sockets in all
+    /// namespaces); preallocated, about 80 bytes of kernel memory each.
+    #[arg(long, default_value_t = 1 << 19, value_parser = clap::value_parser!(u32).range(1..=(1 << 26)))]
     max_sockets: u32,
     /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=900))]

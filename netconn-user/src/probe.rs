@@ -13,7 +13,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 use netconn_common::{
-    CONTROL_SEEDING, ENTRY_TOMBSTONE, ERROR_SLOTS, NsCounts, STATE_SLOTS, SockEntry,
+    CONTROL_SEEDING, ENTRY_TOMBSTONE, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -21,8 +21,9 @@ use crate::btf::{Btf, BtfError};
 /// The compiled eBPF object, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netconn"));
 
-/// Program name in the object and in `bpftool prog` (BPF names are cut to 15 bytes).
-pub const PROGRAM_NAME: &str = "netconn_state";
+/// Programs in the object, in attach order: the primary must be attached
+/// first so that it runs first for each event (see netconn-ebpf).
+const PROGRAM_NAMES: [&str; 2] = ["netconn_state", "netconn_backup"];
 const TRACEPOINT: &str = "inet_sock_set_state";
 /// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
@@ -64,6 +65,8 @@ pub struct Probe {
     control: Array<MapData, u32>,
     errors: PerCpuArray<MapData, u64>,
     prog_fd: i32,
+    backup_fd: i32,
+    unbacked_misses: u64,
     max_sockets: u32,
     _ebpf: Ebpf,
 }
@@ -104,26 +107,36 @@ impl Probe {
             PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
         let mut control =
             Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
-        let errors =
-            PerCpuArray::try_from(take(&mut ebpf, "ERRORS")?).map_err(map_err("ERRORS"))?;
+        let errors = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
         control
             .set(CONTROL_SEEDING, 1, 0)
             .map_err(map_err("CONTROL"))?;
 
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| ProbeError::Load(format!("program {PROGRAM_NAME} missing")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
-        program
-            .load(TRACEPOINT, &aya_btf)
-            .map_err(|e| classify(&e))?;
-        program.attach().map_err(|e| classify(&e))?;
-        let prog_fd = program
-            .fd()
-            .map_err(|e| ProbeError::Load(e.to_string()))?
-            .as_fd()
-            .as_raw_fd();
+        // Verify both programs before attaching either, so the primary runs
+        // without its backup for microseconds, not for a verifier run.
+        let mut fds = [-1; 2];
+        for (name, fd) in PROGRAM_NAMES.iter().zip(fds.iter_mut()) {
+            let program = tracepoint_program(&mut ebpf, name)?;
+            program
+                .load(TRACEPOINT, &aya_btf)
+                .map_err(|e| classify(&e))?;
+            *fd = program
+                .fd()
+                .map_err(|e| ProbeError::Load(e.to_string()))?
+                .as_fd()
+                .as_raw_fd();
+        }
+        for name in PROGRAM_NAMES {
+            tracepoint_program(&mut ebpf, name)?
+                .attach()
+                .map_err(|e| classify(&e))?;
+        }
+        let [prog_fd, backup_fd] = fds;
+        // Nested runs the primary missed before the backup was attached were
+        // handled by nobody.
+        let unbacked_misses = prog_info(prog_fd)
+            .map(|info| info.recursion_misses)
+            .unwrap_or(0);
 
         Ok(Probe {
             socks,
@@ -131,6 +144,8 @@ impl Probe {
             control,
             errors,
             prog_fd,
+            backup_fd,
+            unbacked_misses,
             max_sockets,
             _ebpf: ebpf,
         })
@@ -207,8 +222,8 @@ impl Probe {
     }
 
     /// Error counters (ERROR_* indices), summed over CPUs.
-    pub fn errors(&self) -> [u64; ERROR_SLOTS as usize] {
-        let mut out = [0u64; ERROR_SLOTS as usize];
+    pub fn stats(&self) -> [u64; STAT_SLOTS as usize] {
+        let mut out = [0u64; STAT_SLOTS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             if let Ok(per_cpu) = self.errors.get(&(i as u32), 0) {
                 *slot = per_cpu.iter().sum();
@@ -217,13 +232,35 @@ impl Probe {
         out
     }
 
-    /// Runs the kernel skipped because the program was already running on
-    /// that CPU (an event we never saw). Read from bpf_prog_info.
-    pub fn recursion_misses(&self) -> u64 {
+    /// Runs of the primary program the kernel skipped because it was already
+    /// running on that CPU. Read from bpf_prog_info.
+    /// Nested events the primary missed while it was attached alone
+    /// (between the two attaches): lost.
+    pub fn unbacked_misses(&self) -> u64 {
+        self.unbacked_misses
+    }
+
+    pub fn backup_misses(&self) -> u64 {
+        prog_info(self.backup_fd)
+            .map(|info| info.recursion_misses)
+            .unwrap_or(0)
+    }
+
+    pub fn primary_misses(&self) -> u64 {
         prog_info(self.prog_fd)
             .map(|info| info.recursion_misses)
             .unwrap_or(0)
     }
+}
+
+fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))
 }
 
 fn prog_info(fd: i32) -> io::Result<aya_obj::generated::bpf_prog_info> {

@@ -21,8 +21,8 @@ use std::{
 };
 
 use netconn_common::{
-    ERROR_COUNTS_FULL, ERROR_READ, ERROR_SOCKS_FULL, FAMILY_INET, FAMILY_INET6, STATE_SLOTS,
-    SockEntry, slot,
+    FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_READ_FAILED,
+    STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
 };
 
 use crate::{
@@ -108,6 +108,11 @@ pub struct Meta {
     pub inexact: Vec<String>,
     pub seed: SeedReport,
     pub reseeds: u64,
+    /// Events the kernel skipped for the primary program (it was running on
+    /// that CPU when a softirq fired the tracepoint again) and how many of
+    /// them the backup program handled: equal when nothing was lost.
+    pub nested_events: u64,
+    pub nested_handled: u64,
 }
 
 pub struct Config {
@@ -215,6 +220,8 @@ impl Tracker {
                 inexact,
                 seed: generation.report.clone(),
                 reseeds: self.reseeds.load(Ordering::Relaxed),
+                nested_events: generation.probe.primary_misses(),
+                nested_handled: generation.probe.stats()[STAT_BACKUP_HANDLED as usize],
             },
         }
     }
@@ -297,7 +304,20 @@ impl Generation {
     /// NOEXIST so the kernel's view wins; tombstones stop stale rows).
     fn build(max_sockets: u32, netns: u32) -> Result<Generation, TrackerError> {
         let started = Instant::now();
+        // A nested event in the microseconds between the two attaches is
+        // lost; attaching again is cheaper than seeding an inexact generation.
         let mut probe = Probe::attach(max_sockets)?;
+        for _ in 0..3 {
+            if probe.unbacked_misses() == 0 {
+                break;
+            }
+            log::warn!(
+                "{} events missed while attaching; attaching again",
+                probe.unbacked_misses()
+            );
+            drop(probe);
+            probe = Probe::attach(max_sockets)?;
+        }
         let now = boot_ns();
         let mut report = SeedReport::default();
         let mut seed_base = [0i64; 2 * STATE_SLOTS];
@@ -356,25 +376,35 @@ impl Generation {
     /// Reasons the kernel-side counts cannot be trusted right now.
     fn health(&self) -> Vec<String> {
         let mut reasons = Vec::new();
-        let errors = self.probe.errors();
-        if errors[ERROR_SOCKS_FULL as usize] > 0 || self.report.map_full > 0 {
+        let stats = self.probe.stats();
+        if stats[STAT_SOCKS_FULL as usize] > 0 || self.report.map_full > 0 {
             reasons.push(format!(
                 "per-socket map full ({} sockets max, --max-sockets)",
                 self.probe.max_sockets()
             ));
         }
-        if errors[ERROR_COUNTS_FULL as usize] > 0 {
+        if stats[STAT_COUNTS_FULL as usize] > 0 {
             reasons.push("namespace counter map full".into());
         }
-        if errors[ERROR_READ as usize] > 0 {
+        if stats[STAT_READ_FAILED as usize] > 0 {
             reasons.push(format!(
                 "{} socket reads failed in the kernel",
-                errors[ERROR_READ as usize]
+                stats[STAT_READ_FAILED as usize]
             ));
         }
-        let misses = self.probe.recursion_misses();
-        if misses > 0 {
-            reasons.push(format!("{misses} kernel events missed (nested run)"));
+        // Each primary miss must have been handled by the backup program.
+        let misses = self.probe.primary_misses();
+        let handled = stats[STAT_BACKUP_HANDLED as usize] + self.probe.unbacked_misses();
+        if self.probe.unbacked_misses() > 0 {
+            reasons.push(format!(
+                "{} kernel events lost while attaching",
+                self.probe.unbacked_misses()
+            ));
+        } else if misses != handled {
+            reasons.push(format!(
+                "{} kernel events lost (primary skipped {misses}, backup handled {handled}, backup skipped {})",
+                misses.abs_diff(handled), self.probe.backup_misses()
+            ));
         }
         reasons
     }

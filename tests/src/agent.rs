@@ -140,10 +140,24 @@ impl Agent {
     }
 
     /// Wait until `ss` (in the agent's namespace) is quiet and the agent
-    /// agrees with it exactly, calling itself exact. The refreshed part of
+    /// agrees with it exactly, calling itself exact, without having had to
+    /// re-seed (a re-seed would hide a counting bug). The refreshed part of
     /// the agent's answer may lag by up to its refresh interval, so a few
     /// rounds are allowed; the last difference is the error.
     pub fn assert_matches_ss(&self, timeout: Duration) -> Result<SsCounts> {
+        let counts = self.assert_matches_ss_after_reseeds(timeout)?;
+        let (_, meta) = self.counts()?;
+        if meta.get("reseeds").and_then(|r| r.as_u64()) != Some(0) {
+            bail!(
+                "agent matched ss only after re-seeding: {meta}\n{}",
+                self.log()
+            );
+        }
+        Ok(counts)
+    }
+
+    /// [`Agent::assert_matches_ss`] for tests that provoke a re-seed.
+    pub fn assert_matches_ss_after_reseeds(&self, timeout: Duration) -> Result<SsCounts> {
         let deadline = Instant::now() + timeout;
         loop {
             let before = ss_counts_in(self.netns.as_deref())?;

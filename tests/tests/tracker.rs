@@ -587,7 +587,7 @@ fn map_full_is_reported_and_recovers() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     pop.stop()?;
-    agent.assert_matches_ss(SETTLE)?;
+    agent.assert_matches_ss_after_reseeds(SETTLE)?;
     let (_, meta) = agent.counts()?;
     ensure!(
         meta["reseeds"].as_u64() >= Some(1),

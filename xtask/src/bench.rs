@@ -30,6 +30,7 @@ struct Row {
     ss_median_ms: f64,
     agent_rss_kib: u64,
     refresh_ms: f64,
+    reseeds: u64,
 }
 
 /// A population of about `sockets` sockets, mostly established pairs, with
@@ -104,7 +105,7 @@ pub fn run(popgen: &Path, netconn: &Path, args: &BenchArgs) -> Result<()> {
         args.runs, args.queries
     );
     println!(
-        "{:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>11} | {:>9} | {:>9} {:>9} | {:>8} {:>8}",
+        "{:>9} | {:>9} {:>9} {:>9} | {:>10} | {:>11} | {:>9} | {:>9} {:>9} | {:>8} {:>8} {:>7}",
         "sockets",
         "query p50",
         "p99",
@@ -115,11 +116,12 @@ pub fn run(popgen: &Path, netconn: &Path, args: &BenchArgs) -> Result<()> {
         "ss/check",
         "fb/check",
         "RSS KiB",
-        "refresh"
+        "refresh",
+        "reseeds"
     );
     for r in &rows {
         println!(
-            "{:>9} | {:>7.1}us {:>7.1}us {:>7.1}us | {:>8.2}ms | {:>9.2}ms | {:>7.1}ms | {:>8.1}x {:>8.1}x | {:>8} {:>6.1}ms",
+            "{:>9} | {:>7.1}us {:>7.1}us {:>7.1}us | {:>8.2}ms | {:>9.2}ms | {:>7.1}ms | {:>8.1}x {:>8.1}x | {:>8} {:>6.1}ms {:>7}",
             r.sockets,
             r.query_p50_us,
             r.query_p99_us,
@@ -131,6 +133,7 @@ pub fn run(popgen: &Path, netconn: &Path, args: &BenchArgs) -> Result<()> {
             r.fallback_median_ms / r.check_median_ms,
             r.agent_rss_kib,
             r.refresh_ms,
+            r.reseeds,
         );
     }
     println!(
@@ -140,6 +143,18 @@ pub fn run(popgen: &Path, netconn: &Path, args: &BenchArgs) -> Result<()> {
         serving_after.as_secs_f64() * 1000.0,
         late_rss
     );
+    let (_, meta) = agent.counts()?;
+    println!(
+        "kernel events the primary program missed (nested): {}, handled by the backup: {}",
+        meta["nested_events"], meta["nested_handled"]
+    );
+    for line in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("re-seed") || l.contains("WARN"))
+    {
+        println!("agent log: {line}");
+    }
     drop(agent);
     drop(populations);
     Ok(())
@@ -227,6 +242,7 @@ fn measure(
         ss_median_ms: ss,
         agent_rss_kib: agent.pid().map(rss_kib).unwrap_or(0),
         refresh_ms: meta["meta"]["refresh_ms"].as_f64().unwrap_or(0.0),
+        reseeds: meta["meta"]["reseeds"].as_u64().unwrap_or(0),
     })
 }
 
