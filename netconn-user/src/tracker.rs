@@ -146,6 +146,7 @@ impl Tracker {
             stop: AtomicBool::new(false),
         };
         tracker.refresh()?;
+        release_freed_memory();
         Ok(tracker)
     }
 
@@ -283,6 +284,7 @@ impl Tracker {
                             self.reseeds.fetch_add(1, Ordering::Relaxed);
                             drift = DriftWatch::default();
                             *write_lock(&self.drift) = None;
+                            release_freed_memory();
                         }
                         Err(e) => log::error!("re-seed failed: {e}"),
                     }
@@ -449,6 +451,13 @@ impl DriftWatch {
             format!("TCP counts differ from the kernel's inuse counters (tcp4 {a} vs {c}, tcp6 {b} vs {d})")
         })
     }
+}
+
+/// Loading a generation parses the kernel's BTF (megabytes, freed again);
+/// hand that memory back so the agent's resident size stays small.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
