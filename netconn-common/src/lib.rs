@@ -16,13 +16,16 @@ pub struct SockEntry {
     pub state: u8,
     /// [`FAMILY_INET`] or [`FAMILY_INET6`].
     pub family: u8,
-    /// [`ENTRY_LIVE`] or [`ENTRY_TOMBSTONE`].
+    /// [`ENTRY_LIVE`], [`ENTRY_SEEDED`] or [`ENTRY_TOMBSTONE`].
     pub flags: u8,
     pub _pad: u8,
 }
 
 /// The entry tracks a live socket and is counted in `COUNTS`.
 pub const ENTRY_LIVE: u8 = 0;
+/// A live entry inserted by the agent's seed: `since_ns` is when the agent
+/// saw the socket, not when it entered its state.
+pub const ENTRY_SEEDED: u8 = 2;
 /// The socket closed while the agent was seeding: the entry only reserves the
 /// cookie so that a stale dump row cannot bring the socket back. Not counted.
 pub const ENTRY_TOMBSTONE: u8 = 1;
@@ -58,6 +61,9 @@ pub const fn slot(family: u8, state: u8) -> usize {
 
 /// Indices of the `CONTROL` array map.
 pub const CONTROL_SEEDING: u32 = 0;
+/// Non-zero while at least one watcher wants the transition stream.
+pub const CONTROL_STREAM: u32 = 1;
+pub const CONTROL_SLOTS: u32 = 2;
 
 /// Indices of the `STATS` per-CPU array map. The first three make counts
 /// inexact. A per-socket insert failed (map full): that socket is not counted.
@@ -70,14 +76,54 @@ pub const STAT_READ_FAILED: u32 = 2;
 /// CPU (the kernel skipped the primary's nested run). Equal to the primary's
 /// `recursion_misses` when nothing was lost.
 pub const STAT_BACKUP_HANDLED: u32 = 3;
-pub const STAT_SLOTS: u32 = 4;
+/// Transitions not streamed because the ring buffer was full.
+pub const STAT_EVENTS_DROPPED: u32 = 4;
+pub const STAT_SLOTS: u32 = 8;
+
+/// One TCP state transition, as streamed through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateEvent {
+    /// `bpf_ktime_get_boot_ns()` at the transition.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    /// Time spent in the old state; 0 when unknown ([`EVENT_FIRST_SEEN`]).
+    pub in_state_ns: u64,
+    pub netns: u32,
+    /// Owning process (tgid), valid with [`EVENT_OWNER`].
+    pub pid: u32,
+    /// Local and remote address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Local and remote port, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// [`FAMILY_INET`] or [`FAMILY_INET6`].
+    pub family: u8,
+    pub old: u8,
+    pub new: u8,
+    /// EVENT_* bits.
+    pub flags: u8,
+    /// Owning process's command, valid with [`EVENT_OWNER`].
+    pub comm: [u8; 16],
+}
+
+/// The change ran in the owning process (under its socket lock): `pid` and
+/// `comm` name it.
+pub const EVENT_OWNER: u8 = 1;
+/// The socket had no entry: new, or older than the agent and never seeded.
+pub const EVENT_FIRST_SEEN: u8 = 2;
+/// The old state was seeded: `in_state_ns` counts from the seeding.
+pub const EVENT_SINCE_SEEDING: u8 = 4;
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, no padding, any bit pattern is valid.
     unsafe impl aya::Pod for super::SockEntry {}
     unsafe impl aya::Pod for super::NsCounts {}
+    unsafe impl aya::Pod for super::StateEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<SockEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<NsCounts>() == 256);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 88);

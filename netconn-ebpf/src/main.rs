@@ -14,11 +14,12 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
-        bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 // The bpf target has no atomic types with fetch_add; the intrinsic lowers to
@@ -28,9 +29,10 @@ use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
 };
 use netconn_common::{
-    CONTROL_SEEDING, ENTRY_LIVE, ENTRY_TOMBSTONE, FAMILY_INET, FAMILY_INET6, NsCounts,
-    STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL,
-    SockEntry, slot,
+    CONTROL_SEEDING, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED, ENTRY_TOMBSTONE,
+    EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6, NsCounts,
+    STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS,
+    STAT_SOCKS_FULL, SockEntry, StateEvent, slot,
 };
 
 const AF_INET: u16 = 2;
@@ -47,6 +49,20 @@ static SK_FAMILY_OFFSET: u64 = 0; // sock_common.skc_family (u16)
 static SK_NET_OFFSET: u64 = 0; // sock_common.skc_net.net (struct net *)
 #[unsafe(no_mangle)]
 static NET_INUM_OFFSET: u64 = 0; // net.ns.inum (unsigned int)
+#[unsafe(no_mangle)]
+static SK_DADDR_OFFSET: u64 = 0; // sock_common.skc_daddr (__be32)
+#[unsafe(no_mangle)]
+static SK_RCV_SADDR_OFFSET: u64 = 0; // sock_common.skc_rcv_saddr (__be32)
+#[unsafe(no_mangle)]
+static SK_DPORT_OFFSET: u64 = 0; // sock_common.skc_dport (__be16)
+#[unsafe(no_mangle)]
+static INET_SPORT_OFFSET: u64 = 0; // inet_sock.inet_sport (__be16; kept after unhash, unlike skc_num)
+#[unsafe(no_mangle)]
+static SK_V6_DADDR_OFFSET: u64 = 0; // sock_common.skc_v6_daddr (struct in6_addr)
+#[unsafe(no_mangle)]
+static SK_V6_RCV_SADDR_OFFSET: u64 = 0; // sock_common.skc_v6_rcv_saddr
+#[unsafe(no_mangle)]
+static SK_LOCK_OWNED_OFFSET: u64 = 0; // sock.sk_lock.owned (int)
 
 /// Live TCP sockets by cookie. A plain hash map, never LRU: an eviction would
 /// silently lose a socket's count. Size is set by the agent at load time.
@@ -63,8 +79,13 @@ static SOCKS: HashMap<u64, SockEntry> = HashMap::with_max_entries(1 << 19, 0);
 static COUNTS: PerCpuHashMap<u32, NsCounts> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Switches set by the agent; index CONTROL_SEEDING is non-zero while seeding.
+/// State transitions for `netconn watch`, written only while CONTROL_STREAM
+/// is on. Size set by the agent at load time.
 #[map]
-static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
 /// Error counters (ERROR_*): any non-zero value makes the agent's counts inexact.
 #[map]
@@ -196,57 +217,154 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32) -> Result<(), u32> {
     }
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let (family, netns) = read_family_netns(sk)?;
-    let new = new as u8;
-    let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let previous = track(cookie, family, netns, new as u8, now)?;
+    if CONTROL.get(CONTROL_STREAM).is_some_and(|v| *v != 0) {
+        emit(
+            sk, cookie, family, netns, old as u8, new as u8, now, previous,
+        );
+    }
+    Ok(())
+}
 
+/// Move the socket's count to `new` and update its entry. Returns the entry
+/// it had before (for the event's time-in-state), if it had a live one.
+#[inline(always)]
+fn track(cookie: u64, family: u8, netns: u32, new: u8, now: u64) -> Result<Option<SockEntry>, u32> {
+    let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
+    let closing = new as i32 == TCP_CLOSE;
     if let Some(entry) = SOCKS.get_ptr_mut(cookie) {
         // SAFETY: pointer to our own map value; this socket's transitions are
         // serialised by its lock, so nobody else writes this entry now.
         let entry = unsafe { &mut *entry };
-        if entry.flags == ENTRY_LIVE {
+        if entry.flags != ENTRY_TOMBSTONE {
+            let before = *entry;
             count(entry.netns, entry.family, entry.state, -1)?;
-            if new as i32 == TCP_CLOSE {
+            if closing {
                 if seeding {
                     entry.flags = ENTRY_TOMBSTONE;
                 } else {
                     let _ = SOCKS.remove(cookie);
                 }
-                return Ok(());
+            } else {
+                *entry = live_entry(netns, family, new, now);
+                count(netns, family, new, 1)?;
             }
-            *entry = live_entry(netns, family, new);
-            return count(netns, family, new, 1);
+            return Ok(Some(before));
         }
         // A tombstone: the socket closed during seeding and is now back
-        // (connect again after a failed connect). Fall through as a new socket.
-        if new as i32 == TCP_CLOSE {
+        // (connect again after a failed connect). Go on as a new socket.
+        if closing {
             if !seeding {
                 let _ = SOCKS.remove(cookie);
             }
-            return Ok(());
+            return Ok(None);
         }
-    } else if new as i32 == TCP_CLOSE {
+    } else if closing {
         if seeding {
             let tomb = SockEntry {
                 flags: ENTRY_TOMBSTONE,
-                ..live_entry(netns, family, new)
+                ..live_entry(netns, family, new, now)
             };
             SOCKS
                 .insert(cookie, tomb, BPF_NOEXIST as u64)
                 .map_err(|_| STAT_SOCKS_FULL)?;
         }
-        return Ok(());
+        return Ok(None);
     }
     SOCKS
-        .insert(cookie, live_entry(netns, family, new), BPF_ANY as u64)
+        .insert(cookie, live_entry(netns, family, new, now), BPF_ANY as u64)
         .map_err(|_| STAT_SOCKS_FULL)?;
-    count(netns, family, new, 1)
+    count(netns, family, new, 1)?;
+    Ok(None)
+}
+
+/// Send the transition to the agent's ring buffer (only while someone
+/// watches). A full ring is counted, never silent.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    sk: *const c_void,
+    cookie: u64,
+    family: u8,
+    netns: u32,
+    old: u8,
+    new: u8,
+    now: u64,
+    previous: Option<SockEntry>,
+) {
+    let Some(mut slot) = EVENTS.reserve::<StateEvent>(0) else {
+        bump(STAT_EVENTS_DROPPED);
+        return;
+    };
+    let (in_state_ns, mut flags) = match previous {
+        Some(p) if p.flags == ENTRY_SEEDED => (now.saturating_sub(p.since_ns), EVENT_SINCE_SEEDING),
+        Some(p) => (now.saturating_sub(p.since_ns), 0),
+        None => (0, EVENT_FIRST_SEEN),
+    };
+    let mut event = StateEvent {
+        ts_ns: now,
+        cookie,
+        in_state_ns,
+        netns,
+        pid: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family,
+        old,
+        new,
+        flags: 0,
+        comm: [0; 16],
+    };
+    // SAFETY: probe reads at this kernel's BTF offsets; failures leave zeros.
+    unsafe {
+        let base = sk as *const u8;
+        event.sport = u16::from_be(
+            bpf_probe_read_kernel(base.add(offset(&INET_SPORT_OFFSET)) as *const u16).unwrap_or(0),
+        );
+        event.dport = u16::from_be(
+            bpf_probe_read_kernel(base.add(offset(&SK_DPORT_OFFSET)) as *const u16).unwrap_or(0),
+        );
+        if family == FAMILY_INET {
+            let s: [u8; 4] =
+                bpf_probe_read_kernel(base.add(offset(&SK_RCV_SADDR_OFFSET)) as *const [u8; 4])
+                    .unwrap_or([0; 4]);
+            let d: [u8; 4] =
+                bpf_probe_read_kernel(base.add(offset(&SK_DADDR_OFFSET)) as *const [u8; 4])
+                    .unwrap_or([0; 4]);
+            event.saddr[..4].copy_from_slice(&s);
+            event.daddr[..4].copy_from_slice(&d);
+        } else {
+            event.saddr =
+                bpf_probe_read_kernel(base.add(offset(&SK_V6_RCV_SADDR_OFFSET)) as *const [u8; 16])
+                    .unwrap_or([0; 16]);
+            event.daddr =
+                bpf_probe_read_kernel(base.add(offset(&SK_V6_DADDR_OFFSET)) as *const [u8; 16])
+                    .unwrap_or([0; 16]);
+        }
+        // The task on the CPU is the socket's owner only when the change runs
+        // under the owner's socket lock (connect, listen, close, backlog
+        // processing in release_sock); softirq and timer paths never own it.
+        let owned: i32 =
+            bpf_probe_read_kernel(base.add(offset(&SK_LOCK_OWNED_OFFSET)) as *const i32)
+                .unwrap_or(0);
+        if owned != 0 {
+            event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            flags |= EVENT_OWNER;
+        }
+    }
+    event.flags = flags;
+    slot.write(event);
+    slot.submit(0);
 }
 
 #[inline(always)]
-fn live_entry(netns: u32, family: u8, state: u8) -> SockEntry {
+fn live_entry(netns: u32, family: u8, state: u8, now: u64) -> SockEntry {
     SockEntry {
-        // SAFETY: no preconditions.
-        since_ns: unsafe { bpf_ktime_get_boot_ns() },
+        since_ns: now,
         netns,
         state,
         family,

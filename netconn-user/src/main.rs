@@ -15,7 +15,9 @@ mod probe;
 mod proto;
 mod server;
 mod sockstat;
+mod stream;
 mod tracker;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -45,6 +47,8 @@ enum Command {
     Agent(AgentArgs),
     /// Print the current counts from the agent.
     Stats(StatsArgs),
+    /// Stream TCP state transitions (or leak alerts) as they happen.
+    Watch(watch::WatchArgs),
     /// Nagios/Icinga plugin: check connection counts against thresholds.
     #[command(disable_version_flag = true)]
     Check(CheckArgs),
@@ -65,6 +69,17 @@ struct AgentArgs {
     /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=900))]
     refresh_ms: u64,
+    /// Size of the kernel's transition ring buffer for `watch`, in MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
+    ring_mib: u32,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !n.is_power_of_two() || n > 1024 {
+        return Err(format!("{n} is not a power of two between 1 and 1024"));
+    }
+    Ok(n)
 }
 
 #[derive(clap::Args)]
@@ -86,6 +101,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent(args),
         Command::Stats(args) => stats(args),
+        Command::Watch(args) => watch::run(args),
         Command::Check(args) => return run_check(&args),
     };
     match result {
@@ -128,6 +144,7 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let tracker = Arc::new(tracker::Tracker::start(tracker::Config {
         max_sockets: args.max_sockets,
         refresh: Duration::from_millis(args.refresh_ms),
+        ring_bytes: args.ring_mib << 20,
     })?);
     let maintenance = {
         let tracker = Arc::clone(&tracker);
@@ -135,6 +152,13 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .name("refresh".into())
             .spawn(move || tracker.run_maintenance())
             .context("starting the refresh thread")?
+    };
+    let streamer = {
+        let tracker = Arc::clone(&tracker);
+        std::thread::Builder::new()
+            .name("stream".into())
+            .spawn(move || tracker.run_stream())
+            .context("starting the stream thread")?
     };
     log::info!("serving on {}", args.socket.display());
 
@@ -157,6 +181,7 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     drop(runtime);
     tracker.stop();
     let _ = maintenance.join();
+    let _ = streamer.join();
     drop(bound);
     // Last reference: detaches the program and frees the maps.
     drop(tracker);

@@ -5,15 +5,16 @@
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _},
+    sync::Mutex,
 };
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
 use netconn_common::{
-    CONTROL_SEEDING, ENTRY_TOMBSTONE, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry,
+    CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -62,8 +63,11 @@ pub struct Probe {
     // Field order matters for Drop: maps before the program holding them.
     socks: HashMap<MapData, u64, SockEntry>,
     counts: PerCpuHashMap<MapData, u32, NsCounts>,
-    control: Array<MapData, u32>,
+    /// Behind a lock: switched by the agent's tasks while queries read counts.
+    control: Mutex<Array<MapData, u32>>,
     errors: PerCpuArray<MapData, u64>,
+    /// Taken by the stream reader (see [`Probe::take_events`]).
+    events: Mutex<Option<RingBuf<MapData>>>,
     prog_fd: i32,
     backup_fd: i32,
     unbacked_misses: u64,
@@ -75,7 +79,7 @@ impl Probe {
     /// Load and attach. The program starts counting at once; the caller
     /// seeds pre-existing sockets afterwards (`seeding` is on until
     /// [`Probe::set_seeding`] turns it off).
-    pub fn attach(max_sockets: u32) -> Result<Probe, ProbeError> {
+    pub fn attach(max_sockets: u32, ring_bytes: u32) -> Result<Probe, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
         }
@@ -83,19 +87,38 @@ impl Probe {
         if !btf.has_typedef(&format!("btf_trace_{TRACEPOINT}")) {
             return Err(ProbeError::NoTracepoint);
         }
-        let family = u64::from(btf.offset_of("sock_common", &["skc_family"])?);
-        let net = u64::from(btf.offset_of("sock_common", &["skc_net", "net"])?);
-        let inum = u64::from(btf.offset_of("net", &["ns", "inum"])?);
+        // (global in the eBPF object, struct, member path)
+        let offsets: [(&str, &str, &[&str]); 10] = [
+            ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
+            ("SK_NET_OFFSET", "sock_common", &["skc_net", "net"]),
+            ("NET_INUM_OFFSET", "net", &["ns", "inum"]),
+            ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
+            ("SK_RCV_SADDR_OFFSET", "sock_common", &["skc_rcv_saddr"]),
+            ("SK_DPORT_OFFSET", "sock_common", &["skc_dport"]),
+            ("INET_SPORT_OFFSET", "inet_sock", &["inet_sport"]),
+            ("SK_V6_DADDR_OFFSET", "sock_common", &["skc_v6_daddr"]),
+            (
+                "SK_V6_RCV_SADDR_OFFSET",
+                "sock_common",
+                &["skc_v6_rcv_saddr"],
+            ),
+            ("SK_LOCK_OWNED_OFFSET", "sock", &["sk_lock", "owned"]),
+        ];
+        let mut values = [0u64; 10];
+        for ((_, strukt, path), value) in offsets.iter().zip(values.iter_mut()) {
+            *value = u64::from(btf.offset_of(strukt, path)?);
+        }
 
         let aya_btf = AyaBtf::from_sys_fs().map_err(|e| ProbeError::Load(e.to_string()))?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&aya_btf))
-            .override_global("SK_FAMILY_OFFSET", &family, true)
-            .override_global("SK_NET_OFFSET", &net, true)
-            .override_global("NET_INUM_OFFSET", &inum, true)
             .map_max_entries("SOCKS", max_sockets)
-            .load(EBPF_OBJECT)
-            .map_err(|e| classify(&e))?;
+            .map_max_entries("EVENTS", ring_bytes);
+        for ((global, _, _), value) in offsets.iter().zip(values.iter()) {
+            loader.override_global(global, value, true);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| classify(&e))?;
 
         let map_err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -108,6 +131,7 @@ impl Probe {
         let mut control =
             Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
         let errors = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         control
             .set(CONTROL_SEEDING, 1, 0)
             .map_err(map_err("CONTROL"))?;
@@ -141,8 +165,9 @@ impl Probe {
         Ok(Probe {
             socks,
             counts,
-            control,
+            control: Mutex::new(control),
             errors,
+            events: Mutex::new(Some(events)),
             prog_fd,
             backup_fd,
             unbacked_misses,
@@ -155,10 +180,26 @@ impl Probe {
         self.max_sockets
     }
 
-    pub fn set_seeding(&mut self, on: bool) -> Result<(), ProbeError> {
+    pub fn set_seeding(&self, on: bool) -> Result<(), ProbeError> {
+        self.set_control(CONTROL_SEEDING, on)
+    }
+
+    /// Turn the transition stream on or off (on while someone watches).
+    pub fn set_streaming(&self, on: bool) -> Result<(), ProbeError> {
+        self.set_control(CONTROL_STREAM, on)
+    }
+
+    fn set_control(&self, index: u32, on: bool) -> Result<(), ProbeError> {
         self.control
-            .set(CONTROL_SEEDING, u32::from(on), 0)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(index, u32::from(on), 0)
             .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
+    }
+
+    /// The ring buffer of transitions, for the one reader.
+    pub fn take_events(&self) -> Option<RingBuf<MapData>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Insert a dumped socket unless the kernel already has its cookie.

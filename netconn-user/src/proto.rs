@@ -1,9 +1,13 @@
 //! The agent's wire protocol on its Unix socket: one JSON object per line
-//! each way. Requests: `{"cmd":"stats"}`, `{"cmd":"ping"}`. Replies: the
-//! stats object (seven count keys plus `meta`), `{"pong":true}`, or
-//! `{"error":"..."}` for anything the agent cannot serve.
+//! each way. Requests: `{"cmd":"stats"}`, `{"cmd":"ping"}`, and
+//! `{"cmd":"watch","filter":{...},"alerts":false}`. Replies: the stats
+//! object (seven count keys plus `meta`), `{"pong":true}`, a stream of
+//! event lines for `watch`, or `{"error":"..."}` for anything the agent
+//! cannot serve.
 
 use serde::Deserialize;
+
+use crate::stream::Filter;
 
 /// Longest request line accepted; longer ones get an error and the
 /// connection is closed (there is no way to find the next request in it).
@@ -16,6 +20,12 @@ pub const MAX_REQUEST: usize = 4096;
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub cmd: Command,
+    /// `watch` only: which transitions to send.
+    #[serde(default)]
+    pub filter: Filter,
+    /// `watch` only: send leak alerts instead of transitions.
+    #[serde(default)]
+    pub alerts: bool,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
@@ -23,6 +33,7 @@ pub struct Request {
 pub enum Command {
     Stats,
     Ping,
+    Watch,
 }
 
 pub fn error_reply(message: &str) -> String {

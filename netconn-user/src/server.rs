@@ -166,23 +166,95 @@ async fn serve_connection(stream: UnixStream, tracker: &Tracker) -> io::Result<(
             write.write_all(format!("{reply}\n").as_bytes()).await?;
             return Ok(());
         }
-        let mut reply = answer(&line, tracker);
+        let request: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let reply = error_reply(&format!(
+                    "bad request ({e}); expected {{\"cmd\":\"stats\"}}, {{\"cmd\":\"ping\"}} or {{\"cmd\":\"watch\"}}"
+                ));
+                write.write_all(format!("{reply}\n").as_bytes()).await?;
+                continue;
+            }
+        };
+        if request.cmd == Command::Watch {
+            // The connection becomes a stream until the client leaves.
+            return watch(request, reader, write, tracker).await;
+        }
+        let mut reply = answer(&request, tracker);
         reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
     }
 }
 
-fn answer(line: &[u8], tracker: &Tracker) -> String {
-    let request: Request = match serde_json::from_slice(line) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_reply(&format!(
-                "bad request ({e}); expected {{\"cmd\":\"stats\"}} or {{\"cmd\":\"ping\"}}"
-            ));
+/// Stream transitions (or alerts) matching the request to this client.
+async fn watch(
+    request: Request,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: tokio::net::unix::OwnedWriteHalf,
+    tracker: &Tracker,
+) -> io::Result<()> {
+    let mut write = tokio::io::BufWriter::with_capacity(1 << 16, write);
+    if let Err(message) = request.filter.validate() {
+        write
+            .write_all(format!("{}\n", error_reply(&message)).as_bytes())
+            .await?;
+        return write.flush().await;
+    }
+    let events = !request.alerts;
+    let (mut sub, watchers) = tracker
+        .hub
+        .subscribe(request.filter, events, request.alerts);
+    if events && watchers == 1 {
+        tracker.set_streaming(true);
+    }
+    let result = async {
+        let mut scratch = [0u8; 256];
+        loop {
+            tokio::select! {
+                line = sub.lines.recv() => {
+                    let Some(line) = line else { return Ok(()) };
+                    if let Some(dropped) = sub.counters.take_dropped_line() {
+                        write.write_all(dropped.as_bytes()).await?;
+                        write.write_all(b"\n").await?;
+                    }
+                    write.write_all(line.as_bytes()).await?;
+                    write.write_all(b"\n").await?;
+                    // Batch writes while more lines are queued.
+                    while let Ok(line) = sub.lines.try_recv() {
+                        write.write_all(line.as_bytes()).await?;
+                        write.write_all(b"\n").await?;
+                    }
+                    write.flush().await?;
+                }
+                // The client sends nothing more: EOF or error means it left.
+                n = reader.read(&mut scratch) => {
+                    if n.unwrap_or(0) == 0 {
+                        return Ok(());
+                    }
+                }
+                // A drop with nothing else to say still gets reported.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(dropped) = sub.counters.take_dropped_line() {
+                        write.write_all(dropped.as_bytes()).await?;
+                        write.write_all(b"\n").await?;
+                        write.flush().await?;
+                    }
+                }
+            }
         }
-    };
+    }
+    .await;
+    drop(sub);
+    if tracker.hub.prune() == 0 {
+        tracker.set_streaming(false);
+    }
+    result
+}
+
+fn answer(request: &Request, tracker: &Tracker) -> String {
     match request.cmd {
         Command::Ping => serde_json::json!({ "pong": true }).to_string(),
+        Command::Watch => error_reply("internal error: watch is a stream"),
         Command::Stats => {
             let snapshot = tracker.snapshot();
             let mut object = snapshot.counts.json();

@@ -21,8 +21,8 @@ use std::{
 };
 
 use netconn_common::{
-    FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_READ_FAILED,
-    STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
+    FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_EVENTS_DROPPED,
+    STAT_READ_FAILED, STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
 };
 
 use crate::{
@@ -30,6 +30,7 @@ use crate::{
     diag::{self, ALL_STATES, Kind, Proto},
     probe::{Insert, Probe, ProbeError},
     sockstat,
+    stream::{self, Hub},
 };
 
 /// The dump that finds what the tracepoint never reports: timewait socks
@@ -118,6 +119,8 @@ pub struct Meta {
 pub struct Config {
     pub max_sockets: u32,
     pub refresh: Duration,
+    /// Size of the kernel's transition ring buffer (a power of two).
+    pub ring_bytes: u32,
 }
 
 pub struct Tracker {
@@ -129,13 +132,17 @@ pub struct Tracker {
     drift: RwLock<Option<String>>,
     reseeds: std::sync::atomic::AtomicU64,
     stop: AtomicBool,
+    /// Watchers of the transition stream.
+    pub hub: Arc<Hub>,
+    /// Whether the kernel should stream transitions (someone watches).
+    streaming: AtomicBool,
 }
 
 impl Tracker {
     /// Attach, seed, take the first refresh. On return the tracker answers.
     pub fn start(config: Config) -> Result<Tracker, TrackerError> {
         let netns = own_netns().map_err(TrackerError::Netns)?;
-        let generation = Generation::build(config.max_sockets, netns)?;
+        let generation = Generation::build(&config, netns, false)?;
         let tracker = Tracker {
             config,
             netns,
@@ -144,6 +151,8 @@ impl Tracker {
             drift: RwLock::new(None),
             reseeds: Default::default(),
             stop: AtomicBool::new(false),
+            hub: Arc::default(),
+            streaming: AtomicBool::new(false),
         };
         tracker.refresh()?;
         release_freed_memory();
@@ -277,7 +286,8 @@ impl Tracker {
                 if room && backoff_over {
                     log::warn!("counts inexact ({reason}); re-seeding");
                     last_reseed = Some(Instant::now());
-                    match Generation::build(self.config.max_sockets, self.netns) {
+                    let streaming = self.streaming.load(Ordering::Relaxed);
+                    match Generation::build(&self.config, self.netns, streaming) {
                         Ok(fresh) => {
                             log::info!("re-seeded: {:?}", fresh.report);
                             *write_lock(&self.generation) = Arc::new(fresh);
@@ -295,6 +305,33 @@ impl Tracker {
         }
     }
 
+    /// Switch the kernel's transition stream on or off (the server calls
+    /// this as the first watcher arrives and the last one leaves).
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::Relaxed);
+        if let Err(e) = self.current().probe.set_streaming(on) {
+            log::error!("switching the transition stream: {e}");
+        }
+    }
+
+    /// Deliver the kernel's transitions to the watchers until
+    /// [`Tracker::stop`]; follows re-seeds to the new generation's ring.
+    pub fn run_stream(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let generation = self.current();
+            let Some(ring) = generation.probe.take_events() else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            stream::pump(
+                ring,
+                &self.hub,
+                || generation.probe.stats()[STAT_EVENTS_DROPPED as usize],
+                || !self.stop.load(Ordering::Relaxed) && Arc::ptr_eq(&generation, &self.current()),
+            );
+        }
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -304,11 +341,12 @@ impl Generation {
     /// Attach a fresh program, then seed every full TCP socket of `netns`
     /// from a dump (the scheme in KERNEL-NOTES: attach first; insert with
     /// NOEXIST so the kernel's view wins; tombstones stop stale rows).
-    fn build(max_sockets: u32, netns: u32) -> Result<Generation, TrackerError> {
+    fn build(config: &Config, netns: u32, streaming: bool) -> Result<Generation, TrackerError> {
+        let (max_sockets, ring_bytes) = (config.max_sockets, config.ring_bytes);
         let started = Instant::now();
         // A nested event in the microseconds between the two attaches is
         // lost; attaching again is cheaper than seeding an inexact generation.
-        let mut probe = Probe::attach(max_sockets)?;
+        let mut probe = Probe::attach(max_sockets, ring_bytes)?;
         for _ in 0..3 {
             if probe.unbacked_misses() == 0 {
                 break;
@@ -318,7 +356,7 @@ impl Generation {
                 probe.unbacked_misses()
             );
             drop(probe);
-            probe = Probe::attach(max_sockets)?;
+            probe = Probe::attach(max_sockets, ring_bytes)?;
         }
         let now = boot_ns();
         let mut report = SeedReport::default();
@@ -338,7 +376,7 @@ impl Generation {
                     netns,
                     state: row.state,
                     family,
-                    flags: netconn_common::ENTRY_LIVE,
+                    flags: netconn_common::ENTRY_SEEDED,
                     _pad: 0,
                 };
                 match probe.seed(row.cookie, &entry) {
@@ -356,6 +394,7 @@ impl Generation {
             return Err(e.into());
         }
         probe.set_seeding(false)?;
+        probe.set_streaming(streaming)?;
         report.tombstones_removed = probe.remove_tombstones()? as u64;
         report.millis = millis(started.elapsed());
         log::info!(

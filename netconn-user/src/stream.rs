@@ -1,0 +1,431 @@
+//! The transition stream: read the kernel's ring buffer on one thread and
+//! fan each event out to the watchers whose filters match. Every watcher has
+//! its own bounded queue; one that cannot keep up loses events for itself
+//! alone and is told how many (`{"dropped":N}`), as are kernel ring-buffer
+//! overflows. Nothing on this path ever waits for a watcher.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use netconn_common::{EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, StateEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::counts::State;
+
+/// Lines a watcher may have queued before it starts losing events.
+pub const WATCHER_QUEUE: usize = 65_536;
+
+/// What a watcher asked for; every list is OR'd, lists are AND'd, empty = any.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Either side's port.
+    #[serde(default)]
+    pub port: Vec<u16>,
+    #[serde(default)]
+    pub local_port: Vec<u16>,
+    #[serde(default)]
+    pub remote_port: Vec<u16>,
+    /// 4 or 6.
+    #[serde(default)]
+    pub family: Vec<u8>,
+    /// State names as in the stats JSON; matches old or new.
+    #[serde(default)]
+    pub state: Vec<String>,
+    #[serde(default)]
+    pub netns: Vec<u32>,
+}
+
+impl Filter {
+    /// Check the values once, when the watcher connects.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(f) = self.family.iter().find(|f| **f != 4 && **f != 6) {
+            return Err(format!("family must be 4 or 6, not {f}"));
+        }
+        if let Some(s) = self
+            .state
+            .iter()
+            .find(|s| !State::ALL.iter().any(|st| st.name() == s.as_str()))
+        {
+            return Err(format!(
+                "unknown state {s:?} (use e.g. ESTABLISHED, TIME_WAIT)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(&self, e: &StateEvent) -> bool {
+        let any = |list: &[u16], port: u16| list.is_empty() || list.contains(&port);
+        let state_name = |s: u8| State::from_kernel(s).name();
+        (self.port.is_empty() || self.port.contains(&e.sport) || self.port.contains(&e.dport))
+            && any(&self.local_port, e.sport)
+            && any(&self.remote_port, e.dport)
+            && (self.family.is_empty()
+                || self
+                    .family
+                    .contains(&if e.family == FAMILY_INET { 4 } else { 6 }))
+            && (self.state.is_empty()
+                || self
+                    .state
+                    .iter()
+                    .any(|s| s == state_name(e.old) || s == state_name(e.new)))
+            && (self.netns.is_empty() || self.netns.contains(&e.netns))
+    }
+}
+
+/// One connected watcher, as the fan-out sees it.
+struct Watcher {
+    filter: Filter,
+    alerts: bool,
+    events: bool,
+    queue: mpsc::Sender<Arc<str>>,
+    counters: Arc<WatcherCounters>,
+}
+
+/// Losses to report to one watcher, taken by its writer before each line.
+#[derive(Default)]
+pub struct WatcherCounters {
+    /// Events its queue had no room for.
+    pub slow: AtomicU64,
+    /// Events the kernel's ring buffer had no room for while it watched.
+    pub kernel: AtomicU64,
+}
+
+impl WatcherCounters {
+    /// A `{"dropped":N,...}` line if anything was lost since the last call.
+    pub fn take_dropped_line(&self) -> Option<String> {
+        let slow = self.slow.swap(0, Ordering::Relaxed);
+        let kernel = self.kernel.swap(0, Ordering::Relaxed);
+        (slow + kernel > 0).then(|| {
+            serde_json::json!({
+                "dropped": slow + kernel,
+                "slow_reader": slow,
+                "kernel_ring": kernel,
+            })
+            .to_string()
+        })
+    }
+}
+
+/// The registry of watchers. Cheap to share.
+#[derive(Default)]
+pub struct Hub {
+    watchers: Mutex<Vec<Watcher>>,
+    /// Events delivered and dropped overall, for the agent's metadata.
+    pub delivered: AtomicU64,
+}
+
+/// What a new watcher gets: its queue and its loss counters.
+pub struct Subscription {
+    pub lines: mpsc::Receiver<Arc<str>>,
+    pub counters: Arc<WatcherCounters>,
+}
+
+impl Hub {
+    /// Register a watcher; returns whether it is the first event watcher
+    /// (the caller then switches the kernel stream on).
+    pub fn subscribe(&self, filter: Filter, events: bool, alerts: bool) -> (Subscription, usize) {
+        let (queue, lines) = mpsc::channel(WATCHER_QUEUE);
+        let counters = Arc::new(WatcherCounters::default());
+        let mut watchers = lock(&self.watchers);
+        watchers.push(Watcher {
+            filter,
+            alerts,
+            events,
+            queue,
+            counters: Arc::clone(&counters),
+        });
+        let n = watchers.iter().filter(|w| w.events).count();
+        (Subscription { lines, counters }, n)
+    }
+
+    /// Forget watchers whose connection is gone; returns how many event
+    /// watchers remain.
+    pub fn prune(&self) -> usize {
+        let mut watchers = lock(&self.watchers);
+        watchers.retain(|w| !w.queue.is_closed());
+        watchers.iter().filter(|w| w.events).count()
+    }
+
+    pub fn event_watchers(&self) -> usize {
+        lock(&self.watchers)
+            .iter()
+            .filter(|w| w.events && !w.queue.is_closed())
+            .count()
+    }
+
+    /// Hand one batch of events to every matching watcher, never blocking.
+    fn publish(&self, batch: &[(StateEvent, Arc<str>)]) {
+        let watchers = lock(&self.watchers);
+        for w in watchers.iter().filter(|w| w.events) {
+            for (event, line) in batch {
+                if !w.filter.matches(event) {
+                    continue;
+                }
+                match w.queue.try_send(Arc::clone(line)) {
+                    Ok(()) => {
+                        self.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        w.counters.slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        }
+    }
+
+    /// Tell every event watcher the kernel dropped `n` events.
+    fn kernel_dropped(&self, n: u64) {
+        for w in lock(&self.watchers).iter().filter(|w| w.events) {
+            w.counters.kernel.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Send an alert line to the `--alerts` watchers.
+    pub fn publish_alert(&self, line: &str) {
+        let line: Arc<str> = Arc::from(line);
+        for w in lock(&self.watchers).iter().filter(|w| w.alerts) {
+            if w.queue.try_send(Arc::clone(&line)).is_err() {
+                w.counters.slow.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Read the ring buffer until `keep_going` says stop, publishing to `hub`.
+/// `dropped_total` reads the kernel's cumulative overflow counter.
+pub fn pump(
+    mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+    hub: &Hub,
+    dropped_total: impl Fn() -> u64,
+    keep_going: impl Fn() -> bool,
+) {
+    let fd = ring.as_raw_fd();
+    let mut batch: Vec<(StateEvent, Arc<str>)> = Vec::with_capacity(1024);
+    let mut dropped_seen = dropped_total();
+    while keep_going() {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pollfd, 1, 100) };
+        let clock = Clock::now();
+        loop {
+            batch.clear();
+            while batch.len() < batch.capacity() {
+                let Some(item) = ring.next() else { break };
+                if item.len() < size_of::<StateEvent>() {
+                    continue;
+                }
+                // SAFETY: the kernel wrote a StateEvent; read unaligned.
+                let event: StateEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const StateEvent) };
+                let line = render(&event, &clock);
+                batch.push((event, Arc::from(line)));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            hub.publish(&batch);
+        }
+        let dropped = dropped_total();
+        if dropped > dropped_seen {
+            hub.kernel_dropped(dropped - dropped_seen);
+            dropped_seen = dropped;
+        }
+    }
+}
+
+/// Converts the kernel's boot-time stamps to wall-clock time.
+struct Clock {
+    wall: SystemTime,
+    boot_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            wall: SystemTime::now(),
+            boot_ns: crate::tracker::boot_ns(),
+        }
+    }
+
+    fn wall_of(&self, boot_ns: u64) -> SystemTime {
+        let behind = Duration::from_nanos(self.boot_ns.saturating_sub(boot_ns));
+        self.wall.checked_sub(behind).unwrap_or(self.wall)
+    }
+}
+
+/// One JSON line with the documented field names (see README).
+fn render(e: &StateEvent, clock: &Clock) -> String {
+    let (laddr, raddr) = if e.family == FAMILY_INET {
+        let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+        (v4(&e.saddr), v4(&e.daddr))
+    } else {
+        (
+            IpAddr::V6(Ipv6Addr::from(e.saddr)),
+            IpAddr::V6(Ipv6Addr::from(e.daddr)),
+        )
+    };
+    let owner = e.flags & EVENT_OWNER != 0;
+    let comm = owner.then(|| {
+        let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+        String::from_utf8_lossy(&e.comm[..end]).into_owned()
+    });
+    let note = if e.flags & EVENT_FIRST_SEEN != 0 {
+        Some("first_seen")
+    } else if e.flags & EVENT_SINCE_SEEDING != 0 {
+        Some("since_seeding")
+    } else {
+        None
+    };
+    let mut line = serde_json::json!({
+        "time": humantime::format_rfc3339_micros(clock.wall_of(e.ts_ns)).to_string(),
+        "netns": e.netns,
+        "family": if e.family == FAMILY_INET { "tcp4" } else { "tcp6" },
+        "laddr": laddr.to_string(),
+        "lport": e.sport,
+        "raddr": raddr.to_string(),
+        "rport": e.dport,
+        "old": State::from_kernel(e.old).name(),
+        "new": State::from_kernel(e.new).name(),
+        // Milliseconds with microsecond resolution; 0 when first seen.
+        "ms": (e.in_state_ns / 1000) as f64 / 1000.0,
+        "pid": owner.then_some(e.pid),
+        "comm": comm,
+    });
+    if let (Some(note), Some(obj)) = (note, line.as_object_mut()) {
+        obj.insert("note".into(), note.into());
+    }
+    line.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> StateEvent {
+        let mut e = StateEvent {
+            ts_ns: 0,
+            cookie: 1,
+            in_state_ns: 1_234_567,
+            netns: 42,
+            pid: 7,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 8080,
+            dport: 50000,
+            family: FAMILY_INET,
+            old: 1,
+            new: 8,
+            flags: EVENT_OWNER,
+            comm: [0; 16],
+        };
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.comm[..4].copy_from_slice(b"curl");
+        e
+    }
+
+    #[test]
+    fn renders_documented_fields() {
+        let clock = Clock {
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+            boot_ns: 5_000_000,
+        };
+        let mut e = event();
+        e.ts_ns = 4_000_000;
+        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        assert_eq!(v["time"], "1970-01-12T13:46:39.999000Z");
+        assert_eq!(v["family"], "tcp4");
+        assert_eq!(v["laddr"], "127.0.0.1");
+        assert_eq!(v["raddr"], "10.0.0.2");
+        assert_eq!(v["lport"], 8080);
+        assert_eq!(v["rport"], 50000);
+        assert_eq!(v["old"], "ESTABLISHED");
+        assert_eq!(v["new"], "CLOSE_WAIT");
+        assert_eq!(v["ms"], 1.234);
+        assert_eq!(v["pid"], 7);
+        assert_eq!(v["comm"], "curl");
+        e.flags = EVENT_FIRST_SEEN;
+        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        assert!(v["pid"].is_null() && v["comm"].is_null());
+        assert_eq!(v["note"], "first_seen");
+    }
+
+    #[test]
+    fn filters_combine_as_documented() {
+        let e = event();
+        let f = |json: &str| serde_json::from_str::<Filter>(json).unwrap().matches(&e);
+        assert!(f("{}"));
+        assert!(f(r#"{"port":[50000]}"#));
+        assert!(f(r#"{"port":[8080]}"#));
+        assert!(!f(r#"{"local_port":[50000]}"#));
+        assert!(f(r#"{"remote_port":[50000],"family":[4]}"#));
+        assert!(!f(r#"{"family":[6]}"#));
+        assert!(f(r#"{"state":["CLOSE_WAIT"]}"#));
+        assert!(f(r#"{"state":["ESTABLISHED","LISTEN"]}"#));
+        assert!(!f(r#"{"state":["LISTEN"]}"#));
+        assert!(!f(r#"{"port":[1],"state":["CLOSE_WAIT"]}"#));
+        assert!(
+            serde_json::from_str::<Filter>(r#"{"family":[5]}"#)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<Filter>(r#"{"state":["NOPE"]}"#)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Filter>(r#"{"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn slow_watcher_loses_only_its_own_events_and_is_told() {
+        let hub = Hub::default();
+        let (mut fast, _) = hub.subscribe(Filter::default(), true, false);
+        let (slow, _) = hub.subscribe(Filter::default(), true, false);
+        let clock = Clock::now();
+        let e = event();
+        let line: Arc<str> = Arc::from(render(&e, &clock));
+        let batch: Vec<_> = (0..WATCHER_QUEUE + 10)
+            .map(|_| (e, Arc::clone(&line)))
+            .collect();
+        // The fast watcher drains as it goes; the slow one never reads.
+        let mut fast_got = 0;
+        for chunk in batch.chunks(1000) {
+            hub.publish(chunk);
+            while fast.lines.try_recv().is_ok() {
+                fast_got += 1;
+            }
+        }
+        assert_eq!(fast_got, WATCHER_QUEUE + 10);
+        assert_eq!(fast.counters.take_dropped_line(), None);
+        let dropped = slow.counters.take_dropped_line().unwrap();
+        assert!(dropped.contains("\"dropped\":10"), "{dropped}");
+        hub.kernel_dropped(3);
+        assert!(
+            slow.counters
+                .take_dropped_line()
+                .unwrap()
+                .contains("\"kernel_ring\":3")
+        );
+    }
+}
