@@ -49,9 +49,16 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).ok(),
             Some(Request {
-                cmd: Command::Stats
+                cmd: Command::Stats,
+                filter: Filter::default(),
+                alerts: false,
             })
         );
+        let watch: Request =
+            serde_json::from_str(r#"{"cmd":"watch","filter":{"port":[80]},"alerts":true}"#)
+                .unwrap();
+        assert_eq!(watch.filter.port, vec![80]);
+        assert!(watch.alerts);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"drop_tables"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>("stats").is_err());

@@ -155,13 +155,6 @@ impl Hub {
         watchers.iter().filter(|w| w.events).count()
     }
 
-    pub fn event_watchers(&self) -> usize {
-        lock(&self.watchers)
-            .iter()
-            .filter(|w| w.events && !w.queue.is_closed())
-            .count()
-    }
-
     /// Hand one batch of events to every matching watcher, never blocking.
     fn publish(&self, batch: &[(StateEvent, Arc<str>)]) {
         let watchers = lock(&self.watchers);

@@ -72,6 +72,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     }
     let mut reader = BufReader::with_capacity(1 << 16, stream);
     let mut line = String::new();
+    let mut first = true;
     loop {
         line.clear();
         if reader
@@ -81,18 +82,27 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         {
             anyhow::bail!("the agent closed the stream");
         }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).context("the agent sent a malformed line")?;
-        if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
-            return Err(ClientError::Agent(error.to_string()).into());
+        // Only the first line can be a refusal; after it, lines are events,
+        // drop reports or alerts.
+        if first {
+            first = false;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(error) = v.get("error").and_then(|e| e.as_str())
+            {
+                return Err(ClientError::Agent(error.to_string()).into());
+            }
         }
-        let shown = if args.json {
-            line.trim_end().to_string()
+        let written = if args.json {
+            // The agent's lines are already the documented JSON: pass them
+            // through unparsed, so one watcher keeps up with the kernel.
+            out.write_all(line.as_bytes())
         } else {
-            text(&value)
+            let value: serde_json::Value =
+                serde_json::from_str(&line).context("the agent sent a malformed line")?;
+            writeln!(out, "{}", text(&value))
         };
         // A closed stdout (e.g. `| head`) ends the watch quietly.
-        if writeln!(out, "{shown}").is_err() {
+        if written.is_err() {
             return Ok(());
         }
         // Flush when the agent has nothing more buffered right now.

@@ -32,10 +32,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use owners::{Owners, ProcessInfo};
-pub use rules::{
-    Condition, FamilyGroup, Rule, RuleKind, RulesError, Severity, default_rules, load_rules,
-    parse_rules,
-};
+pub use rules::{Condition, Rule, RuleKind, Severity, default_rules, load_rules};
 
 use crate::counts::{Counts, Family, State};
 
@@ -67,7 +64,8 @@ pub struct Tick<'a> {
     pub now: Instant,
     pub wall: SystemTime,
     pub counts: &'a Counts,
-    /// Sockets currently in the states of [`Detector::watched_states`].
+    /// All sockets currently in the states of [`Detector::watched_states`]
+    /// (age alerts clear when their sockets are missing).
     pub sockets: &'a [SocketInfo],
 }
 
@@ -196,13 +194,13 @@ impl Detector {
 
     pub fn tick(&mut self, tick: &Tick) -> Vec<AlertEvent> {
         let mut events = Vec::new();
-        // Rules that need offenders (index, firing anew): looked up together
-        // so that one /proc scan serves them all.
-        let mut wanted: Vec<(usize, bool)> = Vec::new();
+        // Rules that need offenders (index, firing anew, value): looked up
+        // together so that one /proc scan serves them all.
+        let mut wanted: Vec<(usize, bool, f64)> = Vec::new();
         for (i, t) in self.rules.iter_mut().enumerate() {
             let reading = t.read(tick);
             match &mut t.active {
-                None if reading.fire => wanted.push((i, true)),
+                None if reading.fire => wanted.push((i, true, reading.value)),
                 None => {}
                 Some(active) if !reading.hold => {
                     let lasted = tick.now.saturating_duration_since(active.fired);
@@ -225,7 +223,7 @@ impl Detector {
                     active.alert.value = reading.value;
                     active.alert.message = message(&t.rule, reading.value, &active.alert.offenders);
                     if tick.now.saturating_duration_since(active.refreshed) >= REFRESH {
-                        wanted.push((i, false));
+                        wanted.push((i, false, reading.value));
                     }
                 }
             }
@@ -236,7 +234,7 @@ impl Detector {
 
         let involved: Vec<Vec<&SocketInfo>> = wanted
             .iter()
-            .map(|&(i, _)| self.rules[i].involved(tick.sockets))
+            .map(|&(i, _, _)| self.rules[i].involved(tick.sockets))
             .collect();
         let inodes: HashSet<u32> = involved
             .iter()
@@ -246,23 +244,20 @@ impl Detector {
             .collect();
         let owners = Owners::lookup(&inodes);
 
-        for (&(i, new), sockets) in wanted.iter().zip(&involved) {
+        for (&(i, new, value), sockets) in wanted.iter().zip(&involved) {
             let t = &mut self.rules[i];
             let offenders = offenders(sockets, &owners);
             match &mut t.active {
                 Some(active) if !new => {
                     active.refreshed = tick.now;
-                    if !same_names(&active.alert.offenders, &offenders) {
-                        active.alert.message =
-                            message(&t.rule, active.alert.value, &offenders);
-                        active.alert.offenders = offenders;
+                    let changed = !same_names(&active.alert.offenders, &offenders);
+                    active.alert.message = message(&t.rule, value, &offenders);
+                    active.alert.offenders = offenders;
+                    if changed {
                         events.push(AlertEvent::Updated(active.alert.clone()));
-                    } else {
-                        active.alert.offenders = offenders;
                     }
                 }
                 _ => {
-                    let value = t.value_now(tick);
                     let alert = Alert {
                         rule: t.rule.name.clone(),
                         kind: t.rule.condition.kind(),
@@ -291,7 +286,12 @@ impl Detector {
 impl Tracked {
     fn count(&self, counts: &Counts) -> u64 {
         let state = self.rule.state;
-        self.rule.family.families.iter().map(|&f| counts.get(f, state)).sum()
+        self.rule
+            .family
+            .families
+            .iter()
+            .map(|&f| counts.get(f, state))
+            .sum()
     }
 
     /// Sockets the alert is about: all in the state, or for age rules the
@@ -306,15 +306,6 @@ impl Tracked {
             .filter(|s| s.state == self.rule.state && self.rule.family.contains(s.family))
             .filter(|s| min_age.is_none_or(|min| s.age.is_some_and(|age| age >= min)))
             .collect()
-    }
-
-    /// The value of the reading just taken, without updating any state.
-    fn value_now(&self, tick: &Tick) -> f64 {
-        match self.rule.condition {
-            Condition::Count { .. } => self.count(tick.counts) as f64,
-            Condition::Growth { window, .. } => growth(&self.history, window, tick.now).unwrap_or(0.0),
-            Condition::Age { .. } => self.involved(tick.sockets).len() as f64,
-        }
     }
 
     fn read(&mut self, tick: &Tick) -> Reading {
@@ -383,13 +374,19 @@ fn growth(history: &VecDeque<(Instant, u64)>, window: Duration, now: Instant) ->
     }
     let n = history.len() as f64;
     let points = || {
-        history
-            .iter()
-            .map(move |&(t, c)| (t.saturating_duration_since(first).as_secs_f64() / 60.0, c as f64))
+        history.iter().map(move |&(t, c)| {
+            (
+                t.saturating_duration_since(first).as_secs_f64() / 60.0,
+                c as f64,
+            )
+        })
     };
     let (mean_t, mean_c) = points().fold((0.0, 0.0), |(st, sc), (t, c)| (st + t / n, sc + c / n));
     let (cov, var) = points().fold((0.0, 0.0), |(cov, var), (t, c)| {
-        (cov + (t - mean_t) * (c - mean_c), var + (t - mean_t) * (t - mean_t))
+        (
+            cov + (t - mean_t) * (c - mean_c),
+            var + (t - mean_t) * (t - mean_t),
+        )
     });
     Some(if var > 0.0 { cov / var } else { 0.0 })
 }
@@ -397,12 +394,10 @@ fn growth(history: &VecDeque<(Instant, u64)>, window: Duration, now: Instant) ->
 fn offenders(sockets: &[&SocketInfo], owners: &Owners) -> Offenders {
     let ports = top(sockets.iter().map(|s| s.local.port()));
     // Listening and unconnected sockets have no remote end.
-    let remotes = top(
-        sockets
-            .iter()
-            .map(|s| s.remote)
-            .filter(|r| !r.ip().is_unspecified()),
-    );
+    let remotes = top(sockets
+        .iter()
+        .map(|s| s.remote)
+        .filter(|r| !r.ip().is_unspecified()));
     let mut processes = owners.processes(sockets.iter().map(|s| s.inode).filter(|&i| i != 0));
     processes.truncate(TOP);
     Offenders {
@@ -467,10 +462,16 @@ fn amount(rule: &Rule, value: f64) -> String {
     match rule.condition {
         Condition::Count { .. } => format!("{value:.0} {family}sockets in {state}"),
         Condition::Growth { window, .. } => {
-            format!("{value:+.0}/min {family}sockets in {state} over {}", fmt(window))
+            format!(
+                "{value:+.0}/min {family}sockets in {state} over {}",
+                fmt(window)
+            )
         }
         Condition::Age { older_than, .. } => {
-            format!("{value:.0} {family}sockets in {state} older than {}", fmt(older_than))
+            format!(
+                "{value:.0} {family}sockets in {state} older than {}",
+                fmt(older_than)
+            )
         }
     }
 }
@@ -480,7 +481,10 @@ fn amount(rule: &Rule, value: f64) -> String {
 fn message(rule: &Rule, value: f64, offenders: &Offenders) -> String {
     let limit = match rule.condition {
         Condition::Count { above, duration } => {
-            format!(", above {above} for {}", humantime::format_duration(duration))
+            format!(
+                ", above {above} for {}",
+                humantime::format_duration(duration)
+            )
         }
         Condition::Growth { per_minute, .. } => format!(", above {per_minute}/min"),
         Condition::Age { min_sockets: 1, .. } => String::new(),

@@ -197,6 +197,10 @@ mod tests {
             ]
         );
         assert!(owners.processes([7]).is_empty());
-        assert!(Owners::scan(Path::new("/nonexistent"), &HashSet::from([42])).pids.is_empty());
+        assert!(
+            Owners::scan(Path::new("/nonexistent"), &HashSet::from([42]))
+                .pids
+                .is_empty()
+        );
     }
 }

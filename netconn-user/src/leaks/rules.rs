@@ -80,13 +80,6 @@ impl Severity {
             Severity::Critical => 2,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,7 +108,10 @@ pub enum Condition {
     /// Growth above `per_minute`, measured over `window`.
     Growth { per_minute: f64, window: Duration },
     /// At least `min_sockets` sockets in the state for `older_than` or longer.
-    Age { older_than: Duration, min_sockets: u64 },
+    Age {
+        older_than: Duration,
+        min_sockets: u64,
+    },
 }
 
 impl Condition {
@@ -209,27 +205,58 @@ pub fn load_rules(path: &Path) -> Result<Vec<Rule>, RulesError> {
     parse_rules(&text)
 }
 
-/// One `[[rule]]` table as written. Every key optional so that what is
-/// missing or misplaced gets our message rather than serde's.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<String>,
-    kind: Option<RuleKind>,
-    family: Option<String>,
-    state: Option<String>,
-    severity: Option<Severity>,
-    above: Option<u64>,
-    #[serde(rename = "for")]
-    duration: Option<String>,
-    per_minute: Option<f64>,
-    window: Option<String>,
-    older_than: Option<String>,
-    min_sockets: Option<u64>,
+/// The keys a `[[rule]]` table may have.
+const KEYS: [&str; 11] = [
+    "name",
+    "kind",
+    "family",
+    "state",
+    "severity",
+    "above",
+    "for",
+    "per_minute",
+    "window",
+    "older_than",
+    "min_sockets",
+];
+
+/// One `[[rule]]` table, read key by key so that every error names its key.
+struct RawRule(toml::Table);
+
+impl RawRule {
+    fn string(&mut self, key: &str) -> Result<Option<String>, String> {
+        match self.0.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(format!("`{key}` must be a string, not {}", v.type_str())),
+        }
+    }
+
+    fn integer(&mut self, key: &str) -> Result<Option<u64>, String> {
+        match self.0.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) => u64::try_from(n)
+                .map(Some)
+                .map_err(|_| format!("`{key}` must not be negative, not {n}")),
+            Some(v) => Err(format!(
+                "`{key}` must be a whole number, not {}",
+                v.type_str()
+            )),
+        }
+    }
+
+    fn number(&mut self, key: &str) -> Result<Option<f64>, String> {
+        match self.0.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) => Ok(Some(n as f64)),
+            Some(toml::Value::Float(x)) => Ok(Some(x)),
+            Some(v) => Err(format!("`{key}` must be a number, not {}", v.type_str())),
+        }
+    }
 }
 
 pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RulesError> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| RulesError::Syntax {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| RulesError::Syntax {
         line: e
             .span()
             .map_or(1, |s| text[..s.start].matches('\n').count() + 1),
@@ -241,7 +268,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RulesError> {
             message: format!("unknown key `{key}` (rules are [[rule]] tables)"),
         });
     }
-    let raws = match table.get("rule") {
+    let raws = match table.remove("rule") {
         None => return Ok(Vec::new()),
         Some(toml::Value::Array(raws)) => raws,
         Some(_) => {
@@ -254,7 +281,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RulesError> {
 
     let mut rules = Vec::with_capacity(raws.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in raws.iter().enumerate() {
+    for (i, raw) in raws.into_iter().enumerate() {
         let index = i + 1;
         // The name is read first so that every later error can show it.
         let name = raw.get("name").and_then(|v| v.as_str()).map(str::to_string);
@@ -263,11 +290,10 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RulesError> {
             name: name.clone(),
             problem,
         };
-        let raw: RawRule = raw
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| fail(e.message().trim_end().to_string()))?;
-        let rule = build_rule(raw).map_err(fail)?;
+        let toml::Value::Table(table) = raw else {
+            return Err(fail(format!("must be a table, not {}", raw.type_str())));
+        };
+        let rule = build_rule(RawRule(table)).map_err(fail)?;
         if let Some(first) = seen.insert(rule.name.clone(), index) {
             return Err(fail(format!(
                 "duplicate rule name \"{}\" (also rule {first}); give one a distinct `name`",
@@ -289,11 +315,36 @@ fn line_of_key(text: &str, key: &str) -> usize {
         .map_or(1, |i| i + 1)
 }
 
-fn build_rule(raw: RawRule) -> Result<Rule, String> {
-    let kind = raw
-        .kind
-        .ok_or("missing `kind` (count, growth or age)".to_string())?;
-    let state_name = raw.state.ok_or("missing `state` (e.g. \"CLOSE_WAIT\")")?;
+fn build_rule(mut raw: RawRule) -> Result<Rule, String> {
+    if let Some(key) = raw.0.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key `{key}` (expected one of {})",
+            KEYS.join(", ")
+        ));
+    }
+    let kind = match raw.string("kind")?.as_deref() {
+        Some("count") => RuleKind::Count,
+        Some("growth") => RuleKind::Growth,
+        Some("age") => RuleKind::Age,
+        Some(other) => {
+            return Err(format!(
+                "unknown kind \"{other}\" (expected count, growth or age)"
+            ));
+        }
+        None => return Err("missing `kind` (count, growth or age)".to_string()),
+    };
+    let severity = match raw.string("severity")?.as_deref() {
+        None | Some("warning") => Severity::Warning,
+        Some("critical") => Severity::Critical,
+        Some(other) => {
+            return Err(format!(
+                "unknown severity \"{other}\" (expected warning or critical)"
+            ));
+        }
+    };
+    let state_name = raw
+        .string("state")?
+        .ok_or("missing `state` (e.g. \"CLOSE_WAIT\")")?;
     let state = State::ALL
         .into_iter()
         .find(|s| s.name().eq_ignore_ascii_case(&state_name))
@@ -304,22 +355,29 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
                 names.join(", ")
             )
         })?;
-    let family = match raw.family.as_deref() {
+    let family = match raw.string("family")?.as_deref() {
         None => FamilyGroup::new("all", &Family::ALL),
         Some(f) => FamilyGroup::by_name(f).ok_or_else(|| {
             format!("unknown family \"{f}\" (expected tcp, tcp4, tcp6, udp, udp4, udp6 or all)")
         })?,
     };
+    let name = raw.string("name")?;
+    let above = raw.integer("above")?;
+    let for_ = raw.string("for")?;
+    let per_minute = raw.number("per_minute")?;
+    let window = raw.string("window")?;
+    let older_than = raw.string("older_than")?;
+    let min_sockets = raw.integer("min_sockets")?;
 
     // Keys that belong to another kind are refused: silently ignoring them
     // would leave the user believing a threshold is in force.
     let given = [
-        ("above", raw.above.is_some(), RuleKind::Count),
-        ("for", raw.duration.is_some(), RuleKind::Count),
-        ("per_minute", raw.per_minute.is_some(), RuleKind::Growth),
-        ("window", raw.window.is_some(), RuleKind::Growth),
-        ("older_than", raw.older_than.is_some(), RuleKind::Age),
-        ("min_sockets", raw.min_sockets.is_some(), RuleKind::Age),
+        ("above", above.is_some(), RuleKind::Count),
+        ("for", for_.is_some(), RuleKind::Count),
+        ("per_minute", per_minute.is_some(), RuleKind::Growth),
+        ("window", window.is_some(), RuleKind::Growth),
+        ("older_than", older_than.is_some(), RuleKind::Age),
+        ("min_sockets", min_sockets.is_some(), RuleKind::Age),
     ];
     if let Some((key, _, owner)) = given.iter().find(|(_, set, owner)| *set && *owner != kind) {
         return Err(format!(
@@ -331,14 +389,14 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
 
     let condition = match kind {
         RuleKind::Count => Condition::Count {
-            above: raw.above.ok_or("a count rule needs `above`")?,
-            duration: match raw.duration {
+            above: above.ok_or("a count rule needs `above`")?,
+            duration: match for_ {
                 Some(d) => duration("for", &d, true)?,
                 None => Duration::from_secs(60),
             },
         },
         RuleKind::Growth => {
-            let per_minute = raw.per_minute.ok_or("a growth rule needs `per_minute`")?;
+            let per_minute = per_minute.ok_or("a growth rule needs `per_minute`")?;
             if !(per_minute.is_finite() && per_minute > 0.0) {
                 return Err(format!(
                     "`per_minute` must be a positive number, not {per_minute}"
@@ -346,7 +404,7 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
             }
             Condition::Growth {
                 per_minute,
-                window: match raw.window {
+                window: match window {
                     Some(w) => duration("window", &w, false)?,
                     None => Duration::from_secs(60),
                 },
@@ -355,10 +413,10 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
         RuleKind::Age => Condition::Age {
             older_than: duration(
                 "older_than",
-                &raw.older_than.ok_or("an age rule needs `older_than`")?,
+                &older_than.ok_or("an age rule needs `older_than`")?,
                 false,
             )?,
-            min_sockets: match raw.min_sockets {
+            min_sockets: match min_sockets {
                 Some(0) => return Err("`min_sockets` must be at least 1".to_string()),
                 Some(n) => n,
                 None => 1,
@@ -366,7 +424,7 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
         },
     };
 
-    let name = match raw.name {
+    let name = match name {
         Some(n) if n.trim().is_empty() => return Err("`name` is empty".to_string()),
         Some(n) => n,
         None => format!(
@@ -379,7 +437,7 @@ fn build_rule(raw: RawRule) -> Result<Rule, String> {
         name,
         family,
         state,
-        severity: raw.severity.unwrap_or(Severity::Warning),
+        severity,
         condition,
     })
 }
@@ -493,7 +551,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 "[[rule]]\nname='x'\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='5m'\ncolour='red'\n",
-                "rule 1 (x): unknown field `colour`",
+                "rule 1 (x): unknown key `colour` (expected one of name, kind,",
             ),
             (
                 "[[rule]]\nkind='age'\nstate='CLOSE-WAIT'\nolder_than='5m'\n",
@@ -501,7 +559,7 @@ mod tests {
             ),
             (
                 "[[rule]]\nkind='leak'\nstate='CLOSE_WAIT'\n",
-                "rule 1: unknown variant `leak`",
+                "rule 1: unknown kind \"leak\" (expected count, growth or age)",
             ),
             (
                 "[[rule]]\nkind='age'\nfamily='sctp'\nstate='CLOSE_WAIT'\nolder_than='5m'\n",
@@ -509,7 +567,7 @@ mod tests {
             ),
             (
                 "[[rule]]\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='5m'\nseverity='fatal'\n",
-                "rule 1: unknown variant `fatal`",
+                "rule 1: unknown severity \"fatal\" (expected warning or critical)",
             ),
             (
                 "[[rule]]\nkind='growth'\nstate='CLOSE_WAIT'\nper_minute=10\nwindow='0s'\n",
@@ -533,7 +591,19 @@ mod tests {
             ),
             (
                 "[[rule]]\nkind='count'\nstate='TIME_WAIT'\nabove=-1\n",
-                "rule 1: invalid value: integer `-1`",
+                "rule 1: `above` must not be negative, not -1",
+            ),
+            (
+                "[[rule]]\nkind='count'\nstate='TIME_WAIT'\nabove='many'\n",
+                "rule 1: `above` must be a whole number, not string",
+            ),
+            (
+                "[[rule]]\nkind='growth'\nstate='CLOSE_WAIT'\nper_minute='fast'\n",
+                "rule 1: `per_minute` must be a number, not string",
+            ),
+            (
+                "[[rule]]\nkind='age'\nstate=8\n",
+                "rule 1: `state` must be a string, not integer",
             ),
             (
                 "[[rule]]\nkind='count'\nstate='TIME_WAIT'\n",
@@ -543,10 +613,7 @@ mod tests {
                 "[[rule]]\nkind='count'\nstate='TIME_WAIT'\nabove=5\nwindow='1m'\n",
                 "rule 1: `window` belongs to growth rules, not to a count rule",
             ),
-            (
-                "[[rule]]\nstate='TIME_WAIT'\n",
-                "rule 1: missing `kind`",
-            ),
+            ("[[rule]]\nstate='TIME_WAIT'\n", "rule 1: missing `kind`"),
             (
                 "[[rule]]\nkind='count'\nabove=1\n",
                 "rule 1: missing `state`",
@@ -564,13 +631,16 @@ mod tests {
     #[test]
     fn file_level_errors_are_one_line_with_a_line_number() {
         assert_eq!(
-            err("[[rule]]\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='5m'\n[[rule]]\nname='close-wait-age'\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='9m'\n"),
+            err(
+                "[[rule]]\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='5m'\n[[rule]]\nname='close-wait-age'\nkind='age'\nstate='CLOSE_WAIT'\nolder_than='9m'\n"
+            ),
             "rule 2 (close-wait-age): duplicate rule name \"close-wait-age\" (also rule 1); give one a distinct `name`"
         );
         assert_eq!(
             err("rules = 1\n"),
             "rules file line 1: unknown key `rules` (rules are [[rule]] tables)"
         );
+        assert_eq!(err("rule = [1]\n"), "rule 1: must be a table, not integer");
         assert_eq!(
             err("[rule]\nkind='age'\n"),
             "rules file line 1: `rule` must be an array of tables: write [[rule]]"
