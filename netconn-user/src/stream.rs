@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::counts::State;
 
+/// Longest a transition waits in the kernel's ring before a watcher sees it.
+const POLL_MS: i32 = 10;
+
 /// Lines a watcher may have queued before it starts losing events.
 pub const WATCHER_QUEUE: usize = 65_536;
 
@@ -215,8 +218,11 @@ pub fn pump(
             events: libc::POLLIN,
             revents: 0,
         };
+        // The kernel wakes us only once a batch has built up (see
+        // netconn-ebpf's WAKEUP_BYTES); this timeout bounds the delay of
+        // the rest.
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pollfd, 1, 100) };
+        unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
         let clock = Clock::now();
         loop {
             batch.clear();
@@ -264,8 +270,11 @@ impl Clock {
     }
 }
 
-/// One JSON line with the documented field names (see README).
+/// One JSON line with the documented field names (see README). Written by
+/// hand rather than through serde_json::Value: this runs for every event
+/// and the allocations of a Value tree would dominate its cost.
 fn render(e: &StateEvent, clock: &Clock) -> String {
+    use std::fmt::Write as _;
     let (laddr, raddr) = if e.family == FAMILY_INET {
         let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
         (v4(&e.saddr), v4(&e.daddr))
@@ -275,37 +284,41 @@ fn render(e: &StateEvent, clock: &Clock) -> String {
             IpAddr::V6(Ipv6Addr::from(e.daddr)),
         )
     };
-    let owner = e.flags & EVENT_OWNER != 0;
-    let comm = owner.then(|| {
-        let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
-        String::from_utf8_lossy(&e.comm[..end]).into_owned()
-    });
-    let note = if e.flags & EVENT_FIRST_SEEN != 0 {
-        Some("first_seen")
-    } else if e.flags & EVENT_SINCE_SEEDING != 0 {
-        Some("since_seeding")
-    } else {
-        None
-    };
-    let mut line = serde_json::json!({
-        "time": humantime::format_rfc3339_micros(clock.wall_of(e.ts_ns)).to_string(),
-        "netns": e.netns,
-        "family": if e.family == FAMILY_INET { "tcp4" } else { "tcp6" },
-        "laddr": laddr.to_string(),
-        "lport": e.sport,
-        "raddr": raddr.to_string(),
-        "rport": e.dport,
-        "old": State::from_kernel(e.old).name(),
-        "new": State::from_kernel(e.new).name(),
+    let mut out = String::with_capacity(256);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"time":"{}","netns":{},"family":"{}","laddr":"{laddr}","lport":{},"raddr":"{raddr}","rport":{},"old":"{}","new":"{}","ms":{}"#,
+        humantime::format_rfc3339_micros(clock.wall_of(e.ts_ns)),
+        e.netns,
+        if e.family == FAMILY_INET {
+            "tcp4"
+        } else {
+            "tcp6"
+        },
+        e.sport,
+        e.dport,
+        State::from_kernel(e.old).name(),
+        State::from_kernel(e.new).name(),
         // Milliseconds with microsecond resolution; 0 when first seen.
-        "ms": (e.in_state_ns / 1000) as f64 / 1000.0,
-        "pid": owner.then_some(e.pid),
-        "comm": comm,
-    });
-    if let (Some(note), Some(obj)) = (note, line.as_object_mut()) {
-        obj.insert("note".into(), note.into());
+        (e.in_state_ns / 1000) as f64 / 1000.0,
+    );
+    if e.flags & EVENT_OWNER != 0 {
+        let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+        let comm = String::from_utf8_lossy(&e.comm[..end]);
+        // The command name is the one field a process controls: escape it.
+        let comm = serde_json::Value::from(comm.as_ref()).to_string();
+        let _ = write!(out, r#","pid":{},"comm":{comm}"#, e.pid);
+    } else {
+        out.push_str(r#","pid":null,"comm":null"#);
     }
-    line.to_string()
+    if e.flags & EVENT_FIRST_SEEN != 0 {
+        out.push_str(r#","note":"first_seen""#);
+    } else if e.flags & EVENT_SINCE_SEEDING != 0 {
+        out.push_str(r#","note":"since_seeding""#);
+    }
+    out.push('}');
+    out
 }
 
 #[cfg(test)]
@@ -353,10 +366,21 @@ mod tests {
         assert_eq!(v["old"], "ESTABLISHED");
         assert_eq!(v["new"], "CLOSE_WAIT");
         assert_eq!(v["ms"], 1.234);
+        assert_eq!(v["netns"], 42);
         assert_eq!(v["pid"], 7);
         assert_eq!(v["comm"], "curl");
-        e.flags = EVENT_FIRST_SEEN;
+        e.comm[..6].copy_from_slice(b"a\"b\\c\n");
         let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        assert_eq!(v["comm"], "a\"b\\c\n");
+        e.flags = EVENT_FIRST_SEEN;
+        e.family = netconn_common::FAMILY_INET6;
+        e.saddr = [0; 16];
+        e.saddr[15] = 1;
+        e.in_state_ns = 0;
+        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        assert_eq!(v["laddr"], "::1");
+        assert_eq!(v["family"], "tcp6");
+        assert_eq!(v["ms"], 0.0);
         assert!(v["pid"].is_null() && v["comm"].is_null());
         assert_eq!(v["note"], "first_seen");
     }

@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_stream;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -49,6 +50,12 @@ enum Task {
         /// Whole-process runs per population size.
         #[arg(long, default_value_t = 30)]
         runs: usize,
+        /// Seconds of churn per phase of the stream benchmark.
+        #[arg(long, default_value_t = 3)]
+        stream_seconds: u64,
+        /// Which part to run.
+        #[arg(long, value_parser = ["all", "check", "stream"], default_value = "all")]
+        part: String,
     },
 }
 
@@ -63,18 +70,26 @@ fn main() -> ExitCode {
             sockets,
             queries,
             runs,
+            stream_seconds,
+            part,
         } => setup_if_needed().and_then(|()| {
             let netconn = build()?;
             let popgen = workspace_root().join("target/release/popgen");
-            bench::run(
-                &popgen,
-                &netconn,
-                &bench::BenchArgs {
-                    sockets,
-                    queries,
-                    runs,
-                },
-            )
+            if part != "stream" {
+                bench::run(
+                    &popgen,
+                    &netconn,
+                    &bench::BenchArgs {
+                        sockets,
+                        queries,
+                        runs,
+                    },
+                )?;
+            }
+            if part != "check" {
+                bench_stream::run(&popgen, &netconn, stream_seconds)?;
+            }
+            Ok(())
         }),
     };
     match result {
