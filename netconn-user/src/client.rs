@@ -77,4 +77,11 @@ impl Client {
     pub fn stats(&mut self) -> Result<serde_json::Value, ClientError> {
         self.request(&serde_json::json!({ "cmd": "stats" }))
     }
+
+    /// The leak alerts active in the agent.
+    pub fn leaks(&mut self) -> Result<Vec<crate::leaks::Alert>, ClientError> {
+        let reply = self.request(&serde_json::json!({ "cmd": "leaks" }))?;
+        serde_json::from_value(reply["alerts"].clone())
+            .map_err(|_| ClientError::Protocol(self.path.clone()))
+    }
 }

@@ -5,11 +5,13 @@
 //! agent's tracker (`tracker`), and is read through the agent's socket
 //! (`server` / `client`) and rendered by `counts` and `check`.
 
+mod alerts;
 mod btf;
 mod check;
 mod client;
 mod counts;
 mod diag;
+mod leaks;
 mod logger;
 mod probe;
 mod proto;
@@ -69,6 +71,9 @@ struct AgentArgs {
     /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=900))]
     refresh_ms: u64,
+    /// Leak rules (TOML); without it the defaults apply (see README).
+    #[arg(long)]
+    rules: Option<PathBuf>,
     /// Size of the kernel's transition ring buffer for `watch`, in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
     ring_mib: u32,
@@ -140,6 +145,10 @@ fn render(e: &anyhow::Error) -> String {
 }
 
 fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let rules = match &args.rules {
+        Some(path) => leaks::load_rules(path)?,
+        None => leaks::default_rules(),
+    };
     let mut bound = server::Bound::bind(&args.socket, args.group.as_deref())?;
     let tracker = Arc::new(tracker::Tracker::start(tracker::Config {
         max_sockets: args.max_sockets,
@@ -159,6 +168,13 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .name("stream".into())
             .spawn(move || tracker.run_stream())
             .context("starting the stream thread")?
+    };
+    let leak_loop = {
+        let tracker = Arc::clone(&tracker);
+        std::thread::Builder::new()
+            .name("leaks".into())
+            .spawn(move || alerts::run(&tracker, rules))
+            .context("starting the leak-check thread")?
     };
     log::info!("serving on {}", args.socket.display());
 
@@ -182,6 +198,7 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     tracker.stop();
     let _ = maintenance.join();
     let _ = streamer.join();
+    let _ = leak_loop.join();
     drop(bound);
     // Last reference: detaches the program and frees the maps.
     drop(tracker);
@@ -221,6 +238,11 @@ fn run_check(args: &CheckArgs) -> ExitCode {
         println!("{}", check::version_line());
         return ExitCode::SUCCESS;
     }
+    if args.leaks {
+        let (line, status) = check_leaks(args);
+        println!("{line}");
+        return ExitCode::from(status.code() as u8);
+    }
     let (line, status) = match check_counts(args) {
         Ok(counts) => match check::evaluate(&counts, args) {
             Ok(result) => result,
@@ -230,6 +252,57 @@ fn run_check(args: &CheckArgs) -> ExitCode {
     };
     println!("{line}");
     ExitCode::from(status.code() as u8)
+}
+
+/// `check --leaks`: the agent's active leak alerts as one Nagios line,
+/// worst severity first; OK when there are none.
+fn check_leaks(args: &CheckArgs) -> (String, Status) {
+    let alerts = match Client::connect(&args.socket).and_then(|mut c| c.leaks()) {
+        Ok(a) => a,
+        Err(ClientError::NoAgent(path)) => {
+            return (
+                format!(
+                    "UNKNOWN: no netconn agent at {} (leak detection runs in the agent)",
+                    path.display()
+                ),
+                Status::Unknown,
+            );
+        }
+        Err(e) => return (format!("UNKNOWN: {e}"), Status::Unknown),
+    };
+    let mut alerts = alerts;
+    alerts.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(&b.rule)));
+    let status = match alerts.iter().map(|a| a.severity).max() {
+        None => Status::Ok,
+        Some(s) if s.exit_code() == 2 => Status::Critical,
+        Some(_) => Status::Warning,
+    };
+    let mut line = if alerts.is_empty() {
+        "No connection leaks detected.".to_string()
+    } else {
+        alerts
+            .iter()
+            .map(|a| {
+                let tag = if a.severity.exit_code() == 2 {
+                    "CRITICAL"
+                } else {
+                    "WARNING"
+                };
+                format!("{} [{tag}]", a.message)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let status = if args.always_ok {
+        line.push_str(" (always ok)");
+        Status::Ok
+    } else {
+        status
+    };
+    if !args.no_perfdata {
+        line.push_str(&format!("|'leaks'={}", alerts.len()));
+    }
+    (line, status)
 }
 
 /// Counts from the agent; without one, from a single netlink dump (same

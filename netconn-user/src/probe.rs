@@ -214,6 +214,14 @@ impl Probe {
         }
     }
 
+    /// The kernel's entry for a live socket.
+    pub fn socket(&self, cookie: u64) -> Option<SockEntry> {
+        self.socks
+            .get(&cookie, 0)
+            .ok()
+            .filter(|e| e.flags != ENTRY_TOMBSTONE)
+    }
+
     /// Drop the tombstones left by closes during seeding. Returns how many.
     pub fn remove_tombstones(&mut self) -> Result<usize, ProbeError> {
         let tombstones: Vec<u64> = self

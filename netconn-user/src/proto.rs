@@ -1,6 +1,6 @@
 //! The agent's wire protocol on its Unix socket: one JSON object per line
 //! each way. Requests: `{"cmd":"stats"}`, `{"cmd":"ping"}`, and
-//! `{"cmd":"watch","filter":{...},"alerts":false}`. Replies: the stats
+//! `{"cmd":"watch","filter":{...},"alerts":false}`, `{"cmd":"leaks"}`. Replies: the stats
 //! object (seven count keys plus `meta`), `{"pong":true}`, a stream of
 //! event lines for `watch`, or `{"error":"..."}` for anything the agent
 //! cannot serve.
@@ -34,6 +34,8 @@ pub enum Command {
     Stats,
     Ping,
     Watch,
+    /// The leak alerts active now: `{"alerts":[...]}`.
+    Leaks,
 }
 
 pub fn error_reply(message: &str) -> String {

@@ -255,6 +255,7 @@ fn answer(request: &Request, tracker: &Tracker) -> String {
     match request.cmd {
         Command::Ping => serde_json::json!({ "pong": true }).to_string(),
         Command::Watch => error_reply("internal error: watch is a stream"),
+        Command::Leaks => serde_json::json!({ "alerts": tracker.alerts.get() }).to_string(),
         Command::Stats => {
             let snapshot = tracker.snapshot();
             let mut object = snapshot.counts.json();

@@ -26,6 +26,7 @@ use netconn_common::{
 };
 
 use crate::{
+    alerts::ActiveAlerts,
     counts::{Counts, Family, State},
     diag::{self, ALL_STATES, Kind, Proto},
     probe::{Insert, Probe, ProbeError},
@@ -134,6 +135,8 @@ pub struct Tracker {
     stop: AtomicBool,
     /// Watchers of the transition stream.
     pub hub: Arc<Hub>,
+    /// Leak alerts active now (kept by the alerts loop).
+    pub alerts: Arc<ActiveAlerts>,
     /// Whether the kernel should stream transitions (someone watches).
     streaming: AtomicBool,
 }
@@ -152,6 +155,7 @@ impl Tracker {
             reseeds: Default::default(),
             stop: AtomicBool::new(false),
             hub: Arc::default(),
+            alerts: Arc::default(),
             streaming: AtomicBool::new(false),
         };
         tracker.refresh()?;
@@ -276,7 +280,7 @@ impl Tracker {
                 .health()
                 .into_iter()
                 .next()
-                .or_else(|| drift.check(self).map(|d| d.to_string()));
+                .or_else(|| drift.check(self).and_then(|()| drift.reason()));
             *write_lock(&self.drift) = drift.reason();
             if let Some(reason) = reason {
                 let generation = self.current();
@@ -330,6 +334,20 @@ impl Tracker {
                 || !self.stop.load(Ordering::Relaxed) && Arc::ptr_eq(&generation, &self.current()),
             );
         }
+    }
+
+    /// How long the full TCP socket with this cookie has been in its state,
+    /// from its kernel-side entry. For a seeded socket this is a lower bound
+    /// (time since the agent saw it).
+    pub fn time_in_state(&self, cookie: u64) -> Option<Duration> {
+        let entry = self.current().probe.socket(cookie)?;
+        Some(Duration::from_nanos(
+            boot_ns().saturating_sub(entry.since_ns),
+        ))
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     pub fn stop(&self) {
@@ -461,7 +479,8 @@ struct DriftWatch {
 }
 
 impl DriftWatch {
-    fn check(&mut self, tracker: &Tracker) -> Option<&'static str> {
+    /// Some(()) once the same disagreement has lasted DRIFT_ROUNDS.
+    fn check(&mut self, tracker: &Tracker) -> Option<()> {
         let stat = sockstat::read().ok()?;
         let tracked = tracker.tracked(&tracker.current(), &mut Vec::new());
         let ours = (
@@ -480,8 +499,7 @@ impl DriftWatch {
             self.rounds = 1;
             self.last = Some(sample);
         }
-        (self.rounds >= DRIFT_ROUNDS)
-            .then_some("TCP counts differ from the kernel's inuse counters")
+        (self.rounds >= DRIFT_ROUNDS).then_some(())
     }
 
     fn reason(&self) -> Option<String> {

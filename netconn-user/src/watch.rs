@@ -128,10 +128,17 @@ fn text(v: &serde_json::Value) -> String {
         );
     }
     if let Some(alert) = v.get("alert") {
+        let event = alert["event"]
+            .as_str()
+            .unwrap_or("alert")
+            .to_ascii_uppercase();
+        let at = alert["cleared_at"]
+            .as_str()
+            .or_else(|| alert["since"].as_str())
+            .unwrap_or("");
+        let severity = alert["severity"].as_str().unwrap_or("");
         return format!(
-            "{} {} {}",
-            alert["at"].as_str().unwrap_or(""),
-            alert["status"].as_str().unwrap_or("ALERT"),
+            "{at} {event:<8} {severity:<8} {}",
             alert["message"].as_str().unwrap_or("")
         );
     }

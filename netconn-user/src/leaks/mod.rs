@@ -64,7 +64,7 @@ pub struct Tick<'a> {
     pub now: Instant,
     pub wall: SystemTime,
     pub counts: &'a Counts,
-    /// All sockets currently in the states of [`Detector::watched_states`]
+    /// All sockets currently in the states of [`Detector::states_needing_sockets`]
     /// (age alerts clear when their sockets are missing).
     pub sockets: &'a [SocketInfo],
 }
@@ -172,11 +172,25 @@ impl Detector {
         self.rules.iter().map(|t| &t.rule)
     }
 
-    /// The (family, state) pairs whose sockets [`Tick::sockets`] must hold:
-    /// every tick for age rules, and for naming offenders of the others.
-    pub fn watched_states(&self) -> Vec<(Family, State)> {
+    /// The (family, state) pairs whose sockets the next tick needs: always
+    /// for age and growth rules (their states are usually small, like
+    /// CLOSE_WAIT), and for a count rule only while its count is above the
+    /// threshold, when the alert needs offenders. So a TIME_WAIT count rule
+    /// costs no dump of the TIME_WAIT sockets until it matters.
+    pub fn states_needing_sockets(&self, counts: &Counts) -> Vec<(Family, State)> {
         let mut out: Vec<(Family, State)> = self
             .rules()
+            .filter(|r| match r.condition {
+                Condition::Count { above, .. } => {
+                    r.family
+                        .families
+                        .iter()
+                        .map(|&f| counts.get(f, r.state))
+                        .sum::<u64>()
+                        > above
+                }
+                Condition::Growth { .. } | Condition::Age { .. } => true,
+            })
             .flat_map(|r| r.family.families.iter().map(move |&f| (f, r.state)))
             .collect();
         out.sort();

@@ -20,7 +20,7 @@
 //! kind = "count"
 //! state = "TIME_WAIT"
 //! above = 50000            # count: fire above this many sockets
-//! for = "2m"               # count: ... continuously for this long (default 1m)
+//! for = "2m"               # count: ... continuously this long (default 1m, "0s": at once)
 //! ```
 //!
 //! Anything else is an error naming the rule: unknown keys, keys of another

@@ -401,10 +401,20 @@ fn refresh_reports_only_changed_offenders() {
 }
 
 #[test]
-fn watched_states_cover_every_rule_family_once() {
+fn sockets_are_dumped_for_age_and_growth_always_and_count_only_above_threshold() {
     let d = Detector::new(default_rules());
+    let mut counts = Counts::default();
     assert_eq!(
-        d.watched_states(),
+        d.states_needing_sockets(&counts),
+        [
+            (Family::Tcp4, State::CloseWait),
+            (Family::Tcp6, State::CloseWait)
+        ]
+    );
+    counts.set(Family::Tcp4, State::TimeWait, 60_000);
+    counts.set(Family::Tcp6, State::TimeWait, 60_000);
+    assert_eq!(
+        d.states_needing_sockets(&counts),
         [
             (Family::Tcp4, State::TimeWait),
             (Family::Tcp4, State::CloseWait),
@@ -412,7 +422,11 @@ fn watched_states_cover_every_rule_family_once() {
             (Family::Tcp6, State::CloseWait),
         ]
     );
-    assert!(Detector::new(Vec::new()).watched_states().is_empty());
+    assert!(
+        Detector::new(Vec::new())
+            .states_needing_sockets(&counts)
+            .is_empty()
+    );
 }
 
 #[test]
