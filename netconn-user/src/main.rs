@@ -65,7 +65,7 @@ struct AgentArgs {
     #[arg(long)]
     group: Option<String>,
     /// Capacity of the kernel's per-socket map (full TCP sockets in all
-    /// namespaces); preallocated, about 80 bytes of kernel memory each.
+    /// namespaces); preallocated, 88 bytes of kernel memory each.
     #[arg(long, default_value_t = 1 << 19, value_parser = clap::value_parser!(u32).range(1..=(1 << 26)))]
     max_sockets: u32,
     /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
