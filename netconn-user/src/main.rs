@@ -155,27 +155,12 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
         refresh: Duration::from_millis(args.refresh_ms),
         ring_bytes: args.ring_mib << 20,
     })?);
-    let maintenance = {
-        let tracker = Arc::clone(&tracker);
-        std::thread::Builder::new()
-            .name("refresh".into())
-            .spawn(move || tracker.run_maintenance())
-            .context("starting the refresh thread")?
-    };
-    let streamer = {
-        let tracker = Arc::clone(&tracker);
-        std::thread::Builder::new()
-            .name("stream".into())
-            .spawn(move || tracker.run_stream())
-            .context("starting the stream thread")?
-    };
-    let leak_loop = {
-        let tracker = Arc::clone(&tracker);
-        std::thread::Builder::new()
-            .name("leaks".into())
-            .spawn(move || alerts::run(&tracker, rules))
-            .context("starting the leak-check thread")?
-    };
+    // Blocking work runs on threads of its own; the runtime only serves.
+    let workers = [
+        spawn(&tracker, "refresh", |t| t.run_maintenance())?,
+        spawn(&tracker, "stream", |t| t.run_stream())?,
+        spawn(&tracker, "leaks", move |t| alerts::run(t, rules))?,
+    ];
     log::info!("serving on {}", args.socket.display());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -196,13 +181,26 @@ fn agent(args: AgentArgs) -> anyhow::Result<()> {
     // Dropping the runtime ends the connection tasks and their tracker refs.
     drop(runtime);
     tracker.stop();
-    let _ = maintenance.join();
-    let _ = streamer.join();
-    let _ = leak_loop.join();
+    for worker in workers {
+        let _ = worker.join();
+    }
     drop(bound);
     // Last reference: detaches the program and frees the maps.
     drop(tracker);
     outcome
+}
+
+/// A named thread running `work` on the shared tracker until it stops.
+fn spawn(
+    tracker: &Arc<tracker::Tracker>,
+    name: &str,
+    work: impl FnOnce(&tracker::Tracker) + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let tracker = Arc::clone(tracker);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(&tracker))
+        .with_context(|| format!("starting the {name} thread"))
 }
 
 fn stats(args: StatsArgs) -> anyhow::Result<()> {

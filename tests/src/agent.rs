@@ -227,3 +227,15 @@ pub fn loaded_bpf_program_names() -> Result<Vec<String>> {
     }
     Ok(names)
 }
+
+/// Resident memory of a process, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -25,7 +25,7 @@ pub mod population;
 pub mod spec;
 pub mod ss;
 
-pub use agent::{Agent, loaded_bpf_program_names, netconn_bin, socket_path};
+pub use agent::{Agent, loaded_bpf_program_names, netconn_bin, rss_kib, socket_path};
 pub use netns::{Netns, with_netns};
 pub use population::{PopOptions, Population, popgen_path};
 pub use spec::{ChurnSpec, Family, FamilySel, PopSpec, add_counts};

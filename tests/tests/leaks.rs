@@ -89,6 +89,42 @@ fn alert_watcher(agent: &Agent) -> Result<(Child, mpsc::Receiver<serde_json::Val
     Ok((child, rx))
 }
 
+/// An agent with the test's rules in a fresh namespace, and an alert
+/// watcher on it. Dropping it stops the watcher and removes the rules file.
+struct Lab {
+    ns: Netns,
+    rules: std::path::PathBuf,
+    agent: Agent,
+    watcher: Child,
+    alerts: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Lab {
+    fn new(name: &str) -> Result<Lab> {
+        let ns = Netns::create(name)?;
+        let rules = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&rules, RULES)?;
+        let agent = Agent::start_in(Some(&ns), &["--rules", rules.to_str().unwrap_or_default()])?;
+        let (watcher, alerts) = alert_watcher(&agent)?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Lab {
+            ns,
+            rules,
+            agent,
+            watcher,
+            alerts,
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.watcher.kill();
+        let _ = self.watcher.wait();
+        let _ = std::fs::remove_file(&self.rules);
+    }
+}
+
 fn wait_for(
     rx: &mpsc::Receiver<serde_json::Value>,
     what: &str,
@@ -122,22 +158,17 @@ fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let ns = Netns::create("nc-leak")?;
-    let rules = std::env::temp_dir().join(format!("netconn-rules-{}.toml", std::process::id()));
-    std::fs::write(&rules, RULES)?;
-    let agent = Agent::start_in(Some(&ns), &["--rules", rules.to_str().unwrap_or_default()])?;
-    let (mut watcher, alerts) = alert_watcher(&agent)?;
-    std::thread::sleep(Duration::from_millis(300));
-
-    let mut leaker = Leaker::start(&ns, 7300, false)?;
+    let lab = Lab::new("nc-leak")?;
+    let (agent, alerts) = (&lab.agent, &lab.alerts);
+    let mut leaker = Leaker::start(&lab.ns, 7300, false)?;
     let pid = leaker.child.id();
     // Age: the first leaked socket is 3 s old after 3 s, plus a tick.
-    let (age, after) = wait_for(&alerts, "age alert", Duration::from_secs(8), |a| {
+    let (age, after) = wait_for(alerts, "age alert", Duration::from_secs(8), |a| {
         a["event"] == "fired" && a["rule"] == "cw-age"
     })?;
     eprintln!("age alert after {after:?}: {}", age["message"]);
     // Growth: 20/s = 1200/min, over a 10 s window.
-    let (growth, after) = wait_for(&alerts, "growth alert", Duration::from_secs(15), |a| {
+    let (growth, after) = wait_for(alerts, "growth alert", Duration::from_secs(15), |a| {
         a["event"] == "fired" && a["rule"] == "cw-growth"
     })?;
     eprintln!("growth alert after {after:?}: {}", growth["message"]);
@@ -153,7 +184,7 @@ fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
             "{message}"
         );
     }
-    let (line, code) = check_leaks(&agent)?;
+    let (line, code) = check_leaks(agent)?;
     ensure!(code == 2, "check --leaks exit {code}: {line}");
     ensure!(
         line.contains("[CRITICAL]") && line.contains("leaker"),
@@ -166,19 +197,14 @@ fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
 
     // Close the leaked sockets (the program goes on connecting, healthily).
     leaker.release()?;
-    wait_for(&alerts, "age clear", Duration::from_secs(5), |a| {
+    wait_for(alerts, "age clear", Duration::from_secs(5), |a| {
         a["event"] == "cleared" && a["rule"] == "cw-age"
     })?;
-    wait_for(&alerts, "growth clear", Duration::from_secs(15), |a| {
+    wait_for(alerts, "growth clear", Duration::from_secs(15), |a| {
         a["event"] == "cleared" && a["rule"] == "cw-growth"
     })?;
-    let (line, code) = check_leaks(&agent)?;
+    let (line, code) = check_leaks(agent)?;
     ensure!(code == 0, "after release: {line}");
-    drop(leaker);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    agent.stop()?;
-    let _ = std::fs::remove_file(&rules);
     Ok(())
 }
 
@@ -187,27 +213,18 @@ fn healthy_workload_at_the_same_rate_raises_nothing() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let ns = Netns::create("nc-healthy")?;
-    let rules = std::env::temp_dir().join(format!("netconn-rules-h-{}.toml", std::process::id()));
-    std::fs::write(&rules, RULES)?;
-    let agent = Agent::start_in(Some(&ns), &["--rules", rules.to_str().unwrap_or_default()])?;
-    let (mut watcher, alerts) = alert_watcher(&agent)?;
-    let leaker = Leaker::start(&ns, 7301, true)?;
+    let lab = Lab::new("nc-healthy")?;
+    let _leaker = Leaker::start(&lab.ns, 7301, true)?;
     // Longer than both windows (3 s age, 10 s growth) plus ticks.
     let quiet = Duration::from_secs(15);
-    if let Ok(a) = alerts.recv_timeout(quiet) {
+    if let Ok(a) = lab.alerts.recv_timeout(quiet) {
         bail!("false positive: {a}");
     }
-    let (line, code) = check_leaks(&agent)?;
+    let (line, code) = check_leaks(&lab.agent)?;
     ensure!(
         code == 0 && line.starts_with("No connection leaks"),
         "{line}"
     );
-    drop(leaker);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    agent.stop()?;
-    let _ = std::fs::remove_file(&rules);
     Ok(())
 }
 

@@ -49,17 +49,6 @@ fn programs_settle_at(n: usize) -> bool {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Test 1: a large mixed population built before the agent starts, spread
 /// over several processes: every family and state equals ss.
 #[test]

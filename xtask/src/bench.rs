@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use netconn_tests::{Agent, FamilySel, Netns, PopOptions, PopSpec, Population};
+use netconn_tests::{Agent, FamilySel, Netns, PopOptions, PopSpec, Population, rss_kib};
 
 pub struct BenchArgs {
     pub sockets: u64,
@@ -244,15 +244,4 @@ fn measure(
         refresh_ms: meta["meta"]["refresh_ms"].as_f64().unwrap_or(0.0),
         reseeds: meta["meta"]["reseeds"].as_u64().unwrap_or(0),
     })
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
