@@ -255,7 +255,7 @@ fn build() -> anyhow::Result<PathBuf> {
 fn run(args: &[String]) -> anyhow::Result<()> {
     let netconn = build()?;
     let is_agent = args.first().map(String::as_str) == Some("agent");
-    let needs_agent = matches!(args.first().map(String::as_str), Some("stats"));
+    let needs_agent = matches!(args.first().map(String::as_str), Some("stats" | "watch"));
     let mut temporary: Option<Child> = None;
     if needs_agent && !agent_answers(&netconn) {
         say("no agent is serving; starting one for this command (run `netconn agent` to keep one)");
