@@ -78,7 +78,7 @@ pub const STAT_READ_FAILED: u32 = 2;
 pub const STAT_BACKUP_HANDLED: u32 = 3;
 /// Transitions not streamed because the ring buffer was full.
 pub const STAT_EVENTS_DROPPED: u32 = 4;
-pub const STAT_SLOTS: u32 = 8;
+pub const STAT_SLOTS: u32 = 5;
 
 /// One TCP state transition, as streamed through the `EVENTS` ring buffer.
 #[repr(C)]

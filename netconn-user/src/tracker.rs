@@ -200,7 +200,8 @@ impl Tracker {
         let generation = self.current();
         let mut inexact = Vec::new();
         let mut counts = self.tracked(&generation, &mut inexact);
-        inexact.extend(generation.health());
+        let health = generation.health();
+        inexact.extend(health.reasons);
 
         let (refreshed_age, refresh_took) = match read_lock(&self.untracked).as_ref() {
             Some(u) => {
@@ -234,8 +235,8 @@ impl Tracker {
                 inexact,
                 seed: generation.report.clone(),
                 reseeds: self.reseeds.load(Ordering::Relaxed),
-                nested_events: generation.probe.primary_misses(),
-                nested_handled: generation.probe.stats()[STAT_BACKUP_HANDLED as usize],
+                nested_events: health.nested_events,
+                nested_handled: health.nested_handled,
             },
         }
     }
@@ -278,6 +279,7 @@ impl Tracker {
             let reason = self
                 .current()
                 .health()
+                .reasons
                 .into_iter()
                 .next()
                 .or_else(|| drift.check(self).and_then(|()| drift.reason()));
@@ -433,7 +435,7 @@ impl Generation {
     }
 
     /// Reasons the kernel-side counts cannot be trusted right now.
-    fn health(&self) -> Vec<String> {
+    fn health(&self) -> Health {
         let mut reasons = Vec::new();
         let stats = self.probe.stats();
         if stats[STAT_SOCKS_FULL as usize] > 0 || self.report.map_full > 0 {
@@ -465,8 +467,20 @@ impl Generation {
                 misses.abs_diff(handled), self.probe.backup_misses()
             ));
         }
-        reasons
+        Health {
+            reasons,
+            nested_events: misses,
+            nested_handled: stats[STAT_BACKUP_HANDLED as usize],
+        }
     }
+}
+
+/// What [`Generation::health`] found, read once per query.
+struct Health {
+    /// Why the kernel-side counts cannot be trusted now (empty: they can).
+    reasons: Vec<String>,
+    nested_events: u64,
+    nested_handled: u64,
 }
 
 /// Compares our full-socket TCP totals with the kernel's per-namespace
