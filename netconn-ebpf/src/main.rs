@@ -102,6 +102,8 @@ struct Claim {
     /// old << 32 | new
     transition: u64,
     at_ns: u64,
+    /// Claims::next when it was written.
+    seq: u64,
 }
 
 /// The last few events the primary handled on this CPU, newest at `next - 1`.
@@ -157,12 +159,16 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
                     break;
                 }
             }
+            // Advance `next` first: a backup run nested from here on starts
+            // after this claim's sequence number, so its clean-up of claims
+            // newer than itself can never take this one.
+            core::ptr::write_volatile(&raw mut (*claims).next, next.wrapping_add(1));
             let slot = &raw mut (*claims).slot[index];
             core::ptr::write_volatile(&raw mut (*slot).sk, 0);
             core::ptr::write_volatile(&raw mut (*slot).at_ns, now);
             core::ptr::write_volatile(&raw mut (*slot).transition, transition(old, new));
+            core::ptr::write_volatile(&raw mut (*slot).seq, next);
             core::ptr::write_volatile(&raw mut (*slot).sk, sk as u64);
-            core::ptr::write_volatile(&raw mut (*claims).next, next.wrapping_add(1));
         }
     }
     0
@@ -177,25 +183,59 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
 pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as in the primary.
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    if let Some(claims) = CLAIMS.get_ptr_mut(0) {
-        let want = transition(old, new);
-        // SAFETY: this CPU's copy of our own map value.
-        let now = unsafe { bpf_ktime_get_ns() };
-        for i in 0..CLAIM_SLOTS {
-            // SAFETY: as above; bounded index.
-            unsafe {
-                let slot = &raw mut (*claims).slot[i];
-                if core::ptr::read_volatile(&raw const (*slot).sk) == sk as u64
-                    && core::ptr::read_volatile(&raw const (*slot).transition) == want
-                    && now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
-                        < CLAIM_TTL_NS
-                {
-                    core::ptr::write_volatile(&raw mut (*slot).sk, 0);
-                    return 0;
-                }
+    let Some(claims) = CLAIMS.get_ptr_mut(0) else {
+        return handle_unclaimed(sk, old, new);
+    };
+    // SAFETY: this CPU's copy of our own map value.
+    let started_at = unsafe { core::ptr::read_volatile(&raw const (*claims).next) };
+    if !consume_claim(claims, sk, old, new) {
+        handle_unclaimed(sk, old, new);
+    }
+    // Claims written while this run was active come from primary runs
+    // nested inside it, whose backup runs the kernel skipped (this program
+    // was busy): nobody will consume them. Drop them so they cannot crowd
+    // out a live claim.
+    for i in 0..CLAIM_SLOTS {
+        // SAFETY: as above; bounded index.
+        unsafe {
+            let slot = &raw mut (*claims).slot[i];
+            if core::ptr::read_volatile(&raw const (*slot).sk) != 0
+                && core::ptr::read_volatile(&raw const (*slot).seq).wrapping_sub(started_at)
+                    < u64::MAX / 2
+            {
+                core::ptr::write_volatile(&raw mut (*slot).sk, 0);
             }
         }
     }
+    0
+}
+
+/// Find and consume the primary's claim on this event.
+#[inline(always)]
+fn consume_claim(claims: *mut Claims, sk: *const c_void, old: i32, new: i32) -> bool {
+    let want = transition(old, new);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    for i in 0..CLAIM_SLOTS {
+        // SAFETY: this CPU's copy of our own map value; bounded index.
+        unsafe {
+            let slot = &raw mut (*claims).slot[i];
+            if core::ptr::read_volatile(&raw const (*slot).sk) == sk as u64
+                && core::ptr::read_volatile(&raw const (*slot).transition) == want
+                && now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
+                    < CLAIM_TTL_NS
+            {
+                core::ptr::write_volatile(&raw mut (*slot).sk, 0);
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// An event the kernel skipped the primary for: handle it here.
+#[inline(always)]
+fn handle_unclaimed(sk: *const c_void, old: i32, new: i32) -> i32 {
     bump(STAT_BACKUP_HANDLED);
     if let Err(stat) = try_set_state(sk, old, new) {
         bump(stat);
