@@ -144,11 +144,13 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
         // compiler cannot see; `sk` goes last so a torn slot never matches.
         unsafe {
             let now = bpf_ktime_get_ns();
-            // A free (consumed or stale) slot, else the round-robin one: a
-            // softirq between this run and the backup's may claim and consume
-            // several events, and must not evict this one.
+            // A free (consumed or expired) slot, else the oldest claim. A
+            // claim still waiting for its backup run is always the newest
+            // (nested runs consume theirs before returning), while claims
+            // whose backup run was skipped linger: evict those first.
             let next = core::ptr::read_volatile(&raw const (*claims).next);
-            let mut index = next as usize % CLAIM_SLOTS;
+            let mut index = 0;
+            let mut oldest = u64::MAX;
             for i in 0..CLAIM_SLOTS {
                 let slot = &raw const (*claims).slot[i];
                 if core::ptr::read_volatile(&raw const (*slot).sk) == 0
@@ -157,6 +159,11 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
                 {
                     index = i;
                     break;
+                }
+                let age = next.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).seq));
+                if oldest == u64::MAX || age > oldest {
+                    oldest = age;
+                    index = i;
                 }
             }
             // Advance `next` first: a backup run nested from here on starts
