@@ -490,6 +490,8 @@ struct Health {
 struct DriftWatch {
     last: Option<(u64, u64, u64, u64)>,
     rounds: u32,
+    /// The tracked states at the last disagreement, for the log.
+    detail: String,
 }
 
 impl DriftWatch {
@@ -513,13 +515,23 @@ impl DriftWatch {
             self.rounds = 1;
             self.last = Some(sample);
         }
+        self.detail = [Family::Tcp4, Family::Tcp6]
+            .iter()
+            .flat_map(|&f| State::ALL.iter().map(move |&s| (f, s)))
+            .filter(|&(f, s)| tracked.get(f, s) > 0)
+            .map(|(f, s)| format!("{} {} {}", f.name(), s.name(), tracked.get(f, s)))
+            .collect::<Vec<_>>()
+            .join(", ");
         (self.rounds >= DRIFT_ROUNDS).then_some(())
     }
 
     fn reason(&self) -> Option<String> {
         let (a, b, c, d) = self.last?;
         (self.rounds >= DRIFT_ROUNDS).then(|| {
-            format!("TCP counts differ from the kernel's inuse counters (tcp4 {a} vs {c}, tcp6 {b} vs {d})")
+            format!(
+                "TCP counts differ from the kernel's inuse counters (tcp4 {a} vs {c}, tcp6 {b} vs {d}; tracked: {})",
+                self.detail
+            )
         })
     }
 }
