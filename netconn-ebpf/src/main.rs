@@ -217,24 +217,43 @@ pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Find and consume the primary's claim on this event.
+/// Find and consume the primary's claim on this event. Only the newest
+/// live claim can be it: the primary claims last thing before the backup
+/// runs for the same event, and runs nested in between consume their own.
+/// Comparing only the newest keeps a leftover claim of an identical earlier
+/// transition (same socket address, same states) from matching.
 #[inline(always)]
 fn consume_claim(claims: *mut Claims, sk: *const c_void, old: i32, new: i32) -> bool {
-    let want = transition(old, new);
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let mut newest = CLAIM_SLOTS;
+    let mut newest_seq = 0u64;
     for i in 0..CLAIM_SLOTS {
         // SAFETY: this CPU's copy of our own map value; bounded index.
         unsafe {
-            let slot = &raw mut (*claims).slot[i];
-            if core::ptr::read_volatile(&raw const (*slot).sk) == sk as u64
-                && core::ptr::read_volatile(&raw const (*slot).transition) == want
+            let slot = &raw const (*claims).slot[i];
+            let seq = core::ptr::read_volatile(&raw const (*slot).seq);
+            if core::ptr::read_volatile(&raw const (*slot).sk) != 0
                 && now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
                     < CLAIM_TTL_NS
+                && (newest == CLAIM_SLOTS || seq.wrapping_sub(newest_seq) < u64::MAX / 2)
             {
-                core::ptr::write_volatile(&raw mut (*slot).sk, 0);
-                return true;
+                newest = i;
+                newest_seq = seq;
             }
+        }
+    }
+    if newest >= CLAIM_SLOTS {
+        return false;
+    }
+    // SAFETY: as above; index checked.
+    unsafe {
+        let slot = &raw mut (*claims).slot[newest];
+        if core::ptr::read_volatile(&raw const (*slot).sk) == sk as u64
+            && core::ptr::read_volatile(&raw const (*slot).transition) == transition(old, new)
+        {
+            core::ptr::write_volatile(&raw mut (*slot).sk, 0);
+            return true;
         }
     }
     false
