@@ -98,7 +98,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Claim {
-    sk: u64,
+    /// Socket cookie (never reused, unlike a socket's address); 0 = free.
+    cookie: u64,
     /// old << 32 | new
     transition: u64,
     at_ns: u64,
@@ -133,7 +134,11 @@ static CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 0);
 pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the arguments are those of trace_inet_sock_set_state(sk, old, new).
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    if let Err(stat) = try_set_state(sk, old, new) {
+    if sk.is_null() {
+        return 0;
+    }
+    let cookie = cookie_of(sk);
+    if let Err(stat) = try_set_state(sk, cookie, old, new) {
         bump(stat);
     }
     // Claimed after handling: the backup for this event runs right after
@@ -141,19 +146,19 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
     if let Some(claims) = CLAIMS.get_ptr_mut(0) {
         // SAFETY: this CPU's copy of our own map value. Volatile: the backup
         // may read it from an interrupt at any instruction, which the
-        // compiler cannot see; `sk` goes last so a torn slot never matches.
+        // compiler cannot see; `cookie` goes last so a torn slot never matches.
         unsafe {
             let now = bpf_ktime_get_ns();
             // A free (consumed or expired) slot, else the oldest claim. A
-            // claim still waiting for its backup run is always the newest
-            // (nested runs consume theirs before returning), while claims
-            // whose backup run was skipped linger: evict those first.
+            // claim still waiting for its backup run is the newest but for
+            // ones nested runs add (and mostly consume), while claims whose
+            // backup run was skipped linger: evict those first.
             let next = core::ptr::read_volatile(&raw const (*claims).next);
             let mut index = 0;
             let mut oldest = u64::MAX;
             for i in 0..CLAIM_SLOTS {
                 let slot = &raw const (*claims).slot[i];
-                if core::ptr::read_volatile(&raw const (*slot).sk) == 0
+                if core::ptr::read_volatile(&raw const (*slot).cookie) == 0
                     || now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
                         >= CLAIM_TTL_NS
                 {
@@ -171,11 +176,11 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
             // newer than itself can never take this one.
             core::ptr::write_volatile(&raw mut (*claims).next, next.wrapping_add(1));
             let slot = &raw mut (*claims).slot[index];
-            core::ptr::write_volatile(&raw mut (*slot).sk, 0);
+            core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
             core::ptr::write_volatile(&raw mut (*slot).at_ns, now);
             core::ptr::write_volatile(&raw mut (*slot).transition, transition(old, new));
             core::ptr::write_volatile(&raw mut (*slot).seq, next);
-            core::ptr::write_volatile(&raw mut (*slot).sk, sk as u64);
+            core::ptr::write_volatile(&raw mut (*slot).cookie, cookie);
         }
     }
     0
@@ -190,13 +195,17 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
 pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as in the primary.
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if sk.is_null() {
+        return 0;
+    }
+    let cookie = cookie_of(sk);
     let Some(claims) = CLAIMS.get_ptr_mut(0) else {
-        return handle_unclaimed(sk, old, new);
+        return handle_unclaimed(sk, cookie, old, new);
     };
     // SAFETY: this CPU's copy of our own map value.
     let started_at = unsafe { core::ptr::read_volatile(&raw const (*claims).next) };
-    if !consume_claim(claims, sk, old, new) {
-        handle_unclaimed(sk, old, new);
+    if !consume_claim(claims, cookie, transition(old, new)) {
+        handle_unclaimed(sk, cookie, old, new);
     }
     // Claims written while this run was active come from primary runs
     // nested inside it, whose backup runs the kernel skipped (this program
@@ -206,64 +215,51 @@ pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: as above; bounded index.
         unsafe {
             let slot = &raw mut (*claims).slot[i];
-            if core::ptr::read_volatile(&raw const (*slot).sk) != 0
+            if core::ptr::read_volatile(&raw const (*slot).cookie) != 0
                 && core::ptr::read_volatile(&raw const (*slot).seq).wrapping_sub(started_at)
                     < u64::MAX / 2
             {
-                core::ptr::write_volatile(&raw mut (*slot).sk, 0);
+                core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
             }
         }
     }
     0
 }
 
-/// Find and consume the primary's claim on this event. Only the newest
-/// live claim can be it: the primary claims last thing before the backup
-/// runs for the same event, and runs nested in between consume their own.
-/// Comparing only the newest keeps a leftover claim of an identical earlier
-/// transition (same socket address, same states) from matching.
+/// Find and consume the primary's claim on this event: the same socket
+/// (by cookie, which is never reused) making the same transition, recently.
 #[inline(always)]
-fn consume_claim(claims: *mut Claims, sk: *const c_void, old: i32, new: i32) -> bool {
+fn consume_claim(claims: *mut Claims, cookie: u64, want: u64) -> bool {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut newest = CLAIM_SLOTS;
-    let mut newest_seq = 0u64;
     for i in 0..CLAIM_SLOTS {
         // SAFETY: this CPU's copy of our own map value; bounded index.
         unsafe {
-            let slot = &raw const (*claims).slot[i];
-            let seq = core::ptr::read_volatile(&raw const (*slot).seq);
-            if core::ptr::read_volatile(&raw const (*slot).sk) != 0
+            let slot = &raw mut (*claims).slot[i];
+            if core::ptr::read_volatile(&raw const (*slot).cookie) == cookie
+                && core::ptr::read_volatile(&raw const (*slot).transition) == want
                 && now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
                     < CLAIM_TTL_NS
-                && (newest == CLAIM_SLOTS || seq.wrapping_sub(newest_seq) < u64::MAX / 2)
             {
-                newest = i;
-                newest_seq = seq;
+                core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+                return true;
             }
-        }
-    }
-    if newest >= CLAIM_SLOTS {
-        return false;
-    }
-    // SAFETY: as above; index checked.
-    unsafe {
-        let slot = &raw mut (*claims).slot[newest];
-        if core::ptr::read_volatile(&raw const (*slot).sk) == sk as u64
-            && core::ptr::read_volatile(&raw const (*slot).transition) == transition(old, new)
-        {
-            core::ptr::write_volatile(&raw mut (*slot).sk, 0);
-            return true;
         }
     }
     false
 }
 
+#[inline(always)]
+fn cookie_of(sk: *const c_void) -> u64 {
+    // SAFETY: the tracepoint's own socket pointer, non-null.
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
 /// An event the kernel skipped the primary for: handle it here.
 #[inline(always)]
-fn handle_unclaimed(sk: *const c_void, old: i32, new: i32) -> i32 {
+fn handle_unclaimed(sk: *const c_void, cookie: u64, old: i32, new: i32) -> i32 {
     bump(STAT_BACKUP_HANDLED);
-    if let Err(stat) = try_set_state(sk, old, new) {
+    if let Err(stat) = try_set_state(sk, cookie, old, new) {
         bump(stat);
     }
     0
@@ -274,8 +270,8 @@ fn transition(old: i32, new: i32) -> u64 {
     ((old as u32 as u64) << 32) | new as u32 as u64
 }
 
-fn try_set_state(sk: *const c_void, old: i32, new: i32) -> Result<(), u32> {
-    if old == new || sk.is_null() {
+fn try_set_state(sk: *const c_void, cookie: u64, old: i32, new: i32) -> Result<(), u32> {
+    if old == new {
         return Ok(());
     }
     // SAFETY: helpers on the tracepoint's own socket pointer. skc_to_tcp_sock
@@ -284,7 +280,6 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32) -> Result<(), u32> {
     if !is_tcp {
         return Ok(());
     }
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let (family, netns) = read_family_netns(sk)?;
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let previous = track(cookie, family, netns, new as u8, now)?;

@@ -454,17 +454,20 @@ impl Generation {
             ));
         }
         // Each primary miss must have been handled by the backup program.
+        // More handled than missed means an event was handled twice, which
+        // leaves counts unchanged (moving a socket to the state it is in, or
+        // closing one that is gone, changes nothing): visible in the
+        // metadata, not a reason. Fewer means events were lost.
         let misses = self.probe.primary_misses();
-        let handled = stats[STAT_BACKUP_HANDLED as usize] + self.probe.unbacked_misses();
-        if self.probe.unbacked_misses() > 0 {
-            reasons.push(format!(
-                "{} kernel events lost while attaching",
-                self.probe.unbacked_misses()
-            ));
-        } else if misses != handled {
+        let unbacked = self.probe.unbacked_misses();
+        let handled = stats[STAT_BACKUP_HANDLED as usize] + unbacked;
+        if unbacked > 0 {
+            reasons.push(format!("{unbacked} kernel events lost while attaching"));
+        } else if misses > handled {
             reasons.push(format!(
                 "{} kernel events lost (primary skipped {misses}, backup handled {handled}, backup skipped {})",
-                misses.abs_diff(handled), self.probe.backup_misses()
+                misses - handled,
+                self.probe.backup_misses()
             ));
         }
         Health {
