@@ -19,9 +19,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::counts::{Counts, Family, State};
-
-/// Socket path used when neither `--socket` nor `NETCONN_SOCKET` is given.
-pub const DEFAULT_SOCKET: &str = "/run/netconn.sock";
+use crate::proto::DEFAULT_SOCKET;
 
 /// Arguments of `netconn check`; main.rs flattens this into its subcommand.
 #[derive(clap::Args, Debug, Clone, PartialEq)]

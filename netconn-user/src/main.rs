@@ -59,7 +59,7 @@ enum Command {
 #[derive(clap::Args)]
 struct AgentArgs {
     /// Unix socket to serve on.
-    #[arg(long, env = "NETCONN_SOCKET", default_value = check::DEFAULT_SOCKET)]
+    #[arg(long, env = "NETCONN_SOCKET", default_value = proto::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Group given access to the socket (mode 0660), e.g. the monitoring user's.
     #[arg(long)]
@@ -90,7 +90,7 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 #[derive(clap::Args)]
 struct StatsArgs {
     /// The agent's socket.
-    #[arg(long, env = "NETCONN_SOCKET", default_value = check::DEFAULT_SOCKET)]
+    #[arg(long, env = "NETCONN_SOCKET", default_value = proto::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Print JSON (keys tcp4, tcp6, udp4, udp6, tcp, udp, all, meta).
     #[arg(long)]

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::stream::Filter;
 
+/// The agent's socket when neither `--socket` nor `NETCONN_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/run/netconn.sock";
+
 /// Longest request line accepted; longer ones get an error and the
 /// connection is closed (there is no way to find the next request in it).
 pub const MAX_REQUEST: usize = 4096;

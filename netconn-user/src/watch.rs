@@ -38,7 +38,7 @@ pub struct WatchArgs {
     #[arg(long)]
     alerts: bool,
     /// The agent's socket.
-    #[arg(long, env = "NETCONN_SOCKET", default_value = crate::check::DEFAULT_SOCKET)]
+    #[arg(long, env = "NETCONN_SOCKET", default_value = crate::proto::DEFAULT_SOCKET)]
     socket: PathBuf,
 }
 

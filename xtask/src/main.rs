@@ -133,7 +133,7 @@ fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// What is missing, as (description, fix) pairs.
+/// Names of what is missing (each fixed by `setup`).
 fn missing() -> Vec<&'static str> {
     let mut out = Vec::new();
     if !Path::new(LLVM_PREFIX).join("lib").is_dir() {
