@@ -3,6 +3,12 @@
 //! explicit padding so both sides agree byte for byte.
 #![no_std]
 
+#[cfg(feature = "serde")]
+extern crate std;
+
+pub mod model;
+pub use model::{Counts, Family, State};
+
 /// Per-socket entry of the `SOCKS` map, keyed by socket cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,13 +1,16 @@
-//! The agent's wire protocol on its Unix socket: one JSON object per line
-//! each way. Requests: `{"cmd":"stats"}`, `{"cmd":"ping"}`, and
-//! `{"cmd":"watch","filter":{...},"alerts":false}`, `{"cmd":"leaks"}`. Replies: the stats
-//! object (seven count keys plus `meta`), `{"pong":true}`, a stream of
-//! event lines for `watch`, or `{"error":"..."}` for anything the agent
-//! cannot serve.
+//! The agent's wire protocol, one typed definition for both ends of its
+//! Unix socket: one JSON object per line each way.
+//!
+//! Requests ([`Request`]): `{"cmd":"stats"}`, `{"cmd":"ping"}`,
+//! `{"cmd":"leaks"}`, `{"cmd":"watch","filter":{...},"alerts":false}`.
+//! Replies: [`StatsReply`] (seven count keys plus `meta`), [`Pong`],
+//! [`LeaksReply`], or [`ErrorReply`] for anything the agent cannot serve.
+//! A `watch` turns the connection into a stream of [`WatchLine`]s.
 
-use serde::Deserialize;
+use std::{net::SocketAddr, time::SystemTime};
 
-use crate::stream::Filter;
+use netconn_common::{Counts, State};
+use serde::{Deserialize, Serialize};
 
 /// The agent's socket when neither `--socket` nor `NETCONN_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/run/netconn.sock";
@@ -19,30 +22,320 @@ pub const MAX_REQUEST: usize = 4096;
 /// A request line. A struct rather than an internally tagged enum: serde
 /// ignores `deny_unknown_fields` on unit variants, and unknown fields must
 /// be refused, not silently dropped.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub cmd: Command,
     /// `watch` only: which transitions to send.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
     pub filter: Filter,
     /// `watch` only: send leak alerts instead of transitions.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alerts: bool,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+impl Request {
+    pub fn new(cmd: Command) -> Request {
+        Request {
+            cmd,
+            filter: Filter::default(),
+            alerts: false,
+        }
+    }
+
+    pub fn watch(filter: Filter, alerts: bool) -> Request {
+        Request {
+            cmd: Command::Watch,
+            filter,
+            alerts,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, PartialEq, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 pub enum Command {
     Stats,
     Ping,
     Watch,
-    /// The leak alerts active now: `{"alerts":[...]}`.
+    /// The leak alerts active now.
     Leaks,
 }
 
+/// What a watcher asked for; every list is OR'd, lists are AND'd, empty = any.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Either side's port.
+    #[serde(default)]
+    pub port: Vec<u16>,
+    #[serde(default)]
+    pub local_port: Vec<u16>,
+    #[serde(default)]
+    pub remote_port: Vec<u16>,
+    /// 4 or 6.
+    #[serde(default)]
+    pub family: Vec<u8>,
+    /// State names as in the stats JSON; matches old or new.
+    #[serde(default)]
+    pub state: Vec<String>,
+    #[serde(default)]
+    pub netns: Vec<u32>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    /// Check the values once, when the watcher connects (both ends do).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(f) = self.family.iter().find(|f| **f != 4 && **f != 6) {
+            return Err(format!("family must be 4 or 6, not {f}"));
+        }
+        if let Some(s) = self.state.iter().find(|s| State::from_name(s).is_none()) {
+            return Err(format!(
+                "unknown state {s:?} (use e.g. ESTABLISHED, TIME_WAIT)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reply to `stats`: the seven count keys (`tcp4` ... `all`) and `meta`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatsReply {
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub meta: Meta,
+}
+
+/// How an answer came about, and whether it is exact.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: String,
+    /// Inode of the namespace counted.
+    pub netns: u32,
+    /// When the current kernel-side generation was seeded (RFC 3339).
+    pub seeded_at: String,
+    /// Age of the refreshed part (TIME_WAIT, orphan FIN_WAIT2, request
+    /// SYN_RECV, UDP), in milliseconds.
+    pub refreshed_age_ms: f64,
+    /// Time the last refresh dump took, in milliseconds.
+    pub refresh_ms: f64,
+    pub exact: bool,
+    /// Why not exact (empty when exact).
+    pub inexact: Vec<String>,
+    pub seed: SeedReport,
+    pub reseeds: u64,
+    /// Events the kernel skipped for the primary program (it was running on
+    /// that CPU when a softirq fired the tracepoint again) and how many of
+    /// them the backup program handled: equal when nothing was lost.
+    pub nested_events: u64,
+    pub nested_handled: u64,
+}
+
+/// What seeding a generation did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SeedReport {
+    /// Full TCP sockets the dump listed.
+    pub dumped: u64,
+    /// Of those, inserted by the agent.
+    pub inserted: u64,
+    /// Already known to the kernel side (an event came first) or closed.
+    pub already_known: u64,
+    /// Could not be inserted: per-socket map full.
+    pub map_full: u64,
+    pub tombstones_removed: u64,
+    pub millis: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pong {
+    pub pong: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaksReply {
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
 pub fn error_reply(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
+    serde_json::to_string(&ErrorReply {
+        error: message.to_string(),
+    })
+    .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_string())
+}
+
+/// One line of a `watch` stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WatchLine {
+    Dropped(Dropped),
+    Alert { alert: AlertEvent },
+    Transition(Transition),
+}
+
+/// Events a watcher lost since its last line (see README, `watch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dropped {
+    pub dropped: u64,
+    pub slow_reader: u64,
+    pub kernel_ring: u64,
+}
+
+/// One TCP state change (fields as documented in the README). The agent
+/// writes these lines by hand for speed (agent/hub.rs); its tests check
+/// they parse as this type.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    pub time: String,
+    pub netns: u32,
+    pub family: String,
+    pub laddr: String,
+    pub lport: u16,
+    pub raddr: String,
+    pub rport: u16,
+    pub old: String,
+    pub new: String,
+    pub ms: f64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+// Leak alerts: fired by the agent's detector, read by `watch --alerts`
+// and `check --leaks`.
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCount {
+    pub port: u16,
+    pub sockets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCount {
+    pub addr: SocketAddr,
+    pub sockets: u64,
+}
+
+/// Who is responsible: top 5 of each, most sockets first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offenders {
+    pub ports: Vec<PortCount>,
+    pub remotes: Vec<RemoteCount>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub rule: String,
+    pub kind: RuleKind,
+    pub severity: Severity,
+    /// Family group of the rule: tcp4, tcp6, udp4, udp6, tcp, udp or all.
+    pub family: String,
+    pub state: String,
+    pub message: String,
+    /// Count (count), sockets per minute (growth) or old sockets (age).
+    pub value: f64,
+    /// `above`, `per_minute` or `min_sockets`.
+    pub threshold: f64,
+    /// When the alert fired (RFC 3339 in JSON).
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    pub offenders: Offenders,
+}
+
+/// JSON: `{"event": "fired", ...alert}`, `{"event": "cleared", "rule": ...}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AlertEvent {
+    Fired(Alert),
+    /// Still active, but the set of top ports, remotes or processes changed.
+    Updated(Alert),
+    Cleared {
+        rule: String,
+        #[serde(with = "rfc3339")]
+        since: SystemTime,
+        #[serde(with = "rfc3339")]
+        cleared_at: SystemTime,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Nagios plugin exit code: 1 WARNING, 2 CRITICAL.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Severity::Warning => 1,
+            Severity::Critical => 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    Count,
+    Growth,
+    Age,
+}
+
+impl RuleKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleKind::Count => "count",
+            RuleKind::Growth => "growth",
+            RuleKind::Age => "age",
+        }
+    }
+}
+
+/// A process holding some of an alert's sockets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// How many of the alert's sockets it holds.
+    pub sockets: u64,
+}
+
+/// SystemTime as an RFC 3339 string, like the agent's other timestamps.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
 }
 
 #[cfg(test)]
@@ -53,11 +346,7 @@ mod tests {
     fn parses_known_requests_and_rejects_others() {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).ok(),
-            Some(Request {
-                cmd: Command::Stats,
-                filter: Filter::default(),
-                alerts: false,
-            })
+            Some(Request::new(Command::Stats))
         );
         let watch: Request =
             serde_json::from_str(r#"{"cmd":"watch","filter":{"port":[80]},"alerts":true}"#)
@@ -67,5 +356,59 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"drop_tables"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>("stats").is_err());
+    }
+
+    #[test]
+    fn requests_round_trip_in_the_documented_shape() {
+        let stats = serde_json::to_string(&Request::new(Command::Stats)).unwrap();
+        assert_eq!(stats, r#"{"cmd":"stats"}"#);
+        let filter = Filter {
+            port: vec![80],
+            ..Filter::default()
+        };
+        let watch = Request::watch(filter, false);
+        let line = serde_json::to_string(&watch).unwrap();
+        assert_eq!(
+            line,
+            r#"{"cmd":"watch","filter":{"port":[80],"local_port":[],"remote_port":[],"family":[],"state":[],"netns":[]}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), watch);
+    }
+
+    #[test]
+    fn stats_reply_is_seven_keys_and_meta_and_reads_back() {
+        let mut counts = Counts::default();
+        counts.set(netconn_common::Family::Tcp6, State::Listen, 2);
+        counts.set(netconn_common::Family::Udp4, State::Close, 5);
+        let reply = StatsReply {
+            counts,
+            meta: Meta::default(),
+        };
+        let v = serde_json::to_value(&reply).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["tcp4", "tcp6", "udp4", "udp6", "tcp", "udp", "all", "meta"]
+        );
+        assert_eq!(v["tcp"]["LISTEN"], 2);
+        assert_eq!(v["all"]["CLOSE"], 5);
+        assert_eq!(v["all"].as_object().unwrap().len(), 12);
+        let back: StatsReply = serde_json::from_value(v).unwrap();
+        assert_eq!(back.counts, counts);
+    }
+
+    #[test]
+    fn watch_lines_parse_to_their_kind() {
+        let d: WatchLine =
+            serde_json::from_str(r#"{"dropped":3,"slow_reader":2,"kernel_ring":1}"#).unwrap();
+        assert!(matches!(d, WatchLine::Dropped(Dropped { dropped: 3, .. })));
+        let t: WatchLine = serde_json::from_str(
+            r#"{"time":"t","netns":1,"family":"tcp4","laddr":"127.0.0.1","lport":1,"raddr":"127.0.0.1","rport":2,"old":"CLOSE","new":"SYN_SENT","ms":0.0,"pid":null,"comm":null,"note":"first_seen"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            t,
+            WatchLine::Transition(Transition { lport: 1, .. })
+        ));
     }
 }

@@ -7,30 +7,34 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Netns, SsCounts, counts_from_json, diff_counts, ss_counts_in};
+use crate::{Netns, counts_from_json, diff_counts, ss_counts_in};
+use netconn_common::Counts;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The `netconn` binary under test: `$NETCONN_BIN` (set by `cargo xtask
-/// test`), else the workspace's release or debug build.
+/// test` to the binary it just built), else built from this tree into the
+/// tests' own target dir (never a stale one lying around).
 pub fn netconn_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("NETCONN_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for profile in ["release", "debug"] {
-        let candidate = root.join("target").join(profile).join("netconn");
-        if candidate.exists() {
-            return Ok(candidate);
-        }
-    }
-    bail!("no netconn binary: run `cargo xtask test` or set NETCONN_BIN")
+    static FOUND: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            crate::population::built_binary("netconn-user", "netconn").map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// A fresh socket path for one agent.
@@ -133,7 +137,7 @@ impl Agent {
     }
 
     /// The agent's counts in `ss` shape, and whether it calls them exact.
-    pub fn counts(&self) -> Result<(SsCounts, serde_json::Value)> {
+    pub fn counts(&self) -> Result<(Counts, serde_json::Value)> {
         let stats = self.stats()?;
         let meta = stats.get("meta").cloned().unwrap_or_default();
         Ok((counts_from_json(&stats)?, meta))
@@ -144,7 +148,7 @@ impl Agent {
     /// re-seed (a re-seed would hide a counting bug). The refreshed part of
     /// the agent's answer may lag by up to its refresh interval, so a few
     /// rounds are allowed; the last difference is the error.
-    pub fn assert_matches_ss(&self, timeout: Duration) -> Result<SsCounts> {
+    pub fn assert_matches_ss(&self, timeout: Duration) -> Result<Counts> {
         let counts = self.assert_matches_ss_after_reseeds(timeout)?;
         let (_, meta) = self.counts()?;
         if meta.get("reseeds").and_then(|r| r.as_u64()) != Some(0) {
@@ -157,7 +161,7 @@ impl Agent {
     }
 
     /// [`Agent::assert_matches_ss`] for tests that provoke a re-seed.
-    pub fn assert_matches_ss_after_reseeds(&self, timeout: Duration) -> Result<SsCounts> {
+    pub fn assert_matches_ss_after_reseeds(&self, timeout: Duration) -> Result<Counts> {
         let deadline = Instant::now() + timeout;
         loop {
             let before = ss_counts_in(self.netns.as_deref())?;

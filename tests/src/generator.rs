@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::spec::{BATCH, ChurnSpec, Family, PopSpec};
+use crate::spec::{BATCH, ChurnSpec, IpVersion, PopSpec};
 
 /// Set by SIGTERM/SIGINT or stdin EOF (see the `popgen` binary).
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -48,13 +48,13 @@ struct Held {
     tcp: Vec<OwnedFd>,
     udp: Vec<OwnedFd>,
     /// Helper ports on which our timewait socks live, per family.
-    tw_ports: Vec<(Family, u16)>,
+    tw_ports: Vec<(IpVersion, u16)>,
 }
 
-fn loopback(f: Family) -> IpAddr {
+fn loopback(f: IpVersion) -> IpAddr {
     match f {
-        Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpVersion::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpVersion::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
 
@@ -149,10 +149,10 @@ fn tcp_state(fd: RawFd) -> io::Result<u8> {
 
 /// A listening TCP socket on loopback. Helpers pass `reuse = false` so their
 /// port stays exclusive while our timewait socks live on it.
-fn listen_on(f: Family, port: u16, reuse: bool) -> Result<TcpListener> {
+fn listen_on(f: IpVersion, port: u16, reuse: bool) -> Result<TcpListener> {
     let domain = match f {
-        Family::V4 => libc::AF_INET,
-        Family::V6 => libc::AF_INET6,
+        IpVersion::V4 => libc::AF_INET,
+        IpVersion::V6 => libc::AF_INET6,
     };
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -241,7 +241,7 @@ fn accept_by(l: &TcpListener, deadline: Instant) -> Result<(TcpStream, SocketAdd
 
 /// Connects `n` clients to a fresh helper listener and accepts them.
 /// Returns the listener (caller closes it) and (client, server) pairs.
-fn pair_batch(f: Family, n: u32) -> Result<(TcpListener, Vec<(TcpStream, TcpStream)>)> {
+fn pair_batch(f: IpVersion, n: u32) -> Result<(TcpListener, Vec<(TcpStream, TcpStream)>)> {
     let l = listen_on(f, 0, false)?;
     l.set_nonblocking(true).context("nonblocking listener")?;
     let addr = l.local_addr().context("listener address")?;
@@ -308,7 +308,7 @@ enum Kind {
 }
 
 /// Builds `count` connections of `kind` in batches.
-fn build_kind(f: Family, kind: Kind, count: u32, held: &mut Held) -> Result<()> {
+fn build_kind(f: IpVersion, kind: Kind, count: u32, held: &mut Held) -> Result<()> {
     let mut left = count;
     while left > 0 {
         if stopping() {
@@ -409,15 +409,15 @@ fn build_kind(f: Family, kind: Kind, count: u32, held: &mut Held) -> Result<()> 
 /// as ESTAB without any peer socket). Port 0 first; when the ephemeral
 /// range of an address is used up, IPv4 moves on to 127.0.0.2, ... and IPv6
 /// (only ::1 exists) to explicit ports below the ephemeral range.
-fn build_udp(f: Family, n: u32, connected: bool, held: &mut Held) -> Result<()> {
+fn build_udp(f: IpVersion, n: u32, connected: bool, held: &mut Held) -> Result<()> {
     let mut v4_host: u8 = 1;
     let mut v6_port: Option<u32> = None;
     const V6_FALLBACK: (u32, u32) = (1024, 32768);
     for _ in 0..n {
         let sock = loop {
             let addr = match f {
-                Family::V4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, v4_host)), 0),
-                Family::V6 => SocketAddr::new(
+                IpVersion::V4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, v4_host)), 0),
+                IpVersion::V6 => SocketAddr::new(
                     IpAddr::V6(Ipv6Addr::LOCALHOST),
                     v6_port.map_or(0, |p| p as u16),
                 ),
@@ -430,13 +430,13 @@ fn build_udp(f: Family, n: u32, connected: bool, held: &mut Held) -> Result<()> 
                     break s;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => match f {
-                    Family::V4 => {
+                    IpVersion::V4 => {
                         if v4_host == 254 {
                             bail!("no free UDP port on 127.0.0.1-254");
                         }
                         v4_host += 1;
                     }
-                    Family::V6 => {
+                    IpVersion::V6 => {
                         let next = v6_port.map_or(V6_FALLBACK.0, |p| p + 1);
                         if next >= V6_FALLBACK.1 {
                             bail!("no free UDP port on ::1 (ephemeral range and 1024-32767 used)");
@@ -484,7 +484,7 @@ fn build(spec: &PopSpec, held: &mut Held) -> Result<()> {
 /// Listeners for churn: a few per family so one destination's 4-tuples are
 /// not all used up by its own TIME_WAITs.
 struct Churner {
-    listeners: Vec<(Family, TcpListener, SocketAddr)>,
+    listeners: Vec<(IpVersion, TcpListener, SocketAddr)>,
     made: u64,
     errors: u64,
 }
@@ -551,8 +551,8 @@ impl Churner {
 
 /// Destroys the timewait socks (and anything else) still on our helper
 /// ports, with `ss -K` (SOCK_DESTROY; kernels >= 5.x destroy TIME_WAIT).
-fn kill_port_sockets(ports: &[(Family, u16)]) -> Result<()> {
-    for fam in [Family::V4, Family::V6] {
+fn kill_port_sockets(ports: &[(IpVersion, u16)]) -> Result<()> {
+    for fam in [IpVersion::V4, IpVersion::V6] {
         let mine: Vec<u16> = ports
             .iter()
             .filter(|(f, _)| *f == fam)
@@ -565,8 +565,8 @@ fn kill_port_sockets(ports: &[(Family, u16)]) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" or ");
             let af = match fam {
-                Family::V4 => "-4",
-                Family::V6 => "-6",
+                IpVersion::V4 => "-4",
+                IpVersion::V6 => "-6",
             };
             let out = Command::new("ss")
                 .args(["-K", "-tanH", af])

@@ -7,7 +7,7 @@
 //! ```no_run
 //! use netconn_tests::*;
 //! # fn main() -> anyhow::Result<()> {
-//! if !require_root() { return Ok(()); }
+//! require_root()?;
 //! let base = wait_quiescent(std::time::Duration::from_secs(10))?;
 //! let spec = PopSpec { established: 100, family: FamilySel::Both, ..PopSpec::default() };
 //! // In an integration test: Population::start(env!("CARGO_BIN_EXE_popgen"), &spec)
@@ -26,23 +26,26 @@ pub mod spec;
 pub mod ss;
 
 pub use agent::{Agent, loaded_bpf_program_names, netconn_bin, rss_kib, socket_path};
+pub use netconn_common::{Counts, Family, State};
 pub use netns::{Netns, with_netns};
 pub use population::{PopOptions, Population, popgen_path};
-pub use spec::{ChurnSpec, Family, FamilySel, PopSpec, add_counts};
+pub use spec::{ChurnSpec, FamilySel, IpVersion, PopSpec, add_counts};
 pub use ss::{
-    FAMILIES, STATES, SsCounts, counts_from_json, diff_counts, diff_counts_labeled, ss_counts,
-    ss_counts_in, wait_quiescent, wait_quiescent_with, zero_counts,
+    counts_from_json, diff_counts, diff_counts_labeled, ss_counts, ss_counts_in, ss_state,
+    wait_quiescent, wait_quiescent_with,
 };
 
-/// True when running as root; otherwise prints why the test is skipped.
-pub fn require_root() -> bool {
+/// Kernel tests need root (eBPF, sockets in bulk, `ss -K`, `ip netns`). A
+/// test that cannot run fails with this reason; it never passes by skipping.
+pub fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        eprintln!("skipping: needs root (sockets in bulk, ss -K, ip netns); euid is {euid}");
-        return false;
+        anyhow::bail!(
+            "cannot run: needs root (eBPF, sockets in bulk, ss -K, ip netns); euid is {euid}"
+        );
     }
-    true
+    Ok(())
 }
 
 #[cfg(test)]

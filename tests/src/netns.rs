@@ -9,7 +9,8 @@ use std::thread;
 
 use anyhow::{Context, Result, bail};
 
-use crate::ss::{SsCounts, ss_counts_in};
+use crate::ss::ss_counts_in;
+use netconn_common::Counts;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -64,7 +65,7 @@ impl Netns {
     }
 
     /// [`crate::ss_counts`] inside this namespace.
-    pub fn ss_counts(&self) -> Result<SsCounts> {
+    pub fn ss_counts(&self) -> Result<Counts> {
         ss_counts_in(Some(&self.name))
     }
 

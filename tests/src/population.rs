@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::spec::{HELD_FDS_PER_PROCESS, PopSpec, add_counts};
-use crate::ss::{SsCounts, zero_counts};
+use netconn_common::Counts;
 
 /// How to run the popgen processes.
 #[derive(Clone, Debug)]
@@ -60,14 +60,12 @@ impl Proc {
 /// do not exit within [`PopOptions::stop_timeout`].
 pub struct Population {
     procs: Vec<Proc>,
-    expected: SsCounts,
+    expected: Counts,
     stop_timeout: Duration,
 }
 
 /// The popgen binary for this crate's own unit tests: `$NETCONN_POPGEN` if
-/// set; otherwise `popgen` next to the running test executable, first
-/// (re)built with `$CARGO build -p netconn-tests --bin popgen` when run
-/// under cargo, so `cargo test --lib` never uses a stale or missing binary.
+/// set; otherwise built from this tree (see [`built_binary`]).
 /// Integration tests should pass `env!("CARGO_BIN_EXE_popgen")` instead.
 pub fn popgen_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("NETCONN_POPGEN") {
@@ -76,12 +74,15 @@ pub fn popgen_path() -> Result<PathBuf> {
     // Build once per test process, however many tests ask.
     static FOUND: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     FOUND
-        .get_or_init(|| find_popgen().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| built_binary("netconn-tests", "popgen").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn find_popgen() -> Result<PathBuf> {
+/// `bin` of `package`, (re)built from this tree with `$CARGO build` into the
+/// running tests' own target dir and profile, so tests never use a stale or
+/// missing binary. Outside cargo it is only looked up.
+pub fn built_binary(package: &str, bin: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
     let mut dir = exe
         .parent()
@@ -95,30 +96,30 @@ fn find_popgen() -> Result<PathBuf> {
     if let (Some(cargo), Some(target_dir), Some(profile)) =
         (std::env::var_os("CARGO"), target_dir, profile)
     {
-        // Same target dir and profile as the running tests (plain layout
-        // only: with --target the binary is looked up but not rebuilt).
+        // Plain layout only: with --target the binary is looked up but not
+        // rebuilt.
         let profile = if profile == "debug" { "dev" } else { profile };
         let out = Command::new(cargo)
-            .args(["build", "-q", "-p", "netconn-tests", "--bin", "popgen"])
+            .args(["build", "-q", "-p", package, "--bin", bin])
             .args(["--profile", profile])
             .arg("--target-dir")
             .arg(target_dir)
             .stdin(Stdio::null())
             .output()
-            .context("running cargo build for popgen")?;
+            .with_context(|| format!("running cargo build for {bin}"))?;
         if !out.status.success() {
             bail!(
-                "cargo build of popgen failed ({}): {}",
+                "cargo build of {bin} failed ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
     }
-    let p = dir.join("popgen");
+    let p = dir.join(bin);
     if !p.is_file() {
         bail!(
-            "popgen binary not found at {}: run `cargo build -p netconn-tests --bins` with the \
-             same target dir first, or set NETCONN_POPGEN",
+            "{bin} binary not found at {}: run `cargo build -p {package} --bins` with the same \
+             target dir first",
             p.display()
         );
     }
@@ -141,7 +142,7 @@ impl Population {
         let parts = spec.split(opts.held_fds_per_process)?;
         let mut pop = Population {
             procs: Vec::with_capacity(parts.len()),
-            expected: zero_counts(),
+            expected: Counts::default(),
             stop_timeout: opts.stop_timeout,
         };
         // Start them all first so they build in parallel; on error `pop` is
@@ -160,7 +161,7 @@ impl Population {
     }
 
     /// Exact `ss` deltas of all processes (see [`PopSpec::expected`]).
-    pub fn expected(&self) -> &SsCounts {
+    pub fn expected(&self) -> &Counts {
         &self.expected
     }
 

@@ -1,38 +1,37 @@
 //! What a `popgen` process builds: the command-line spec, the exact `ss`
 //! deltas it produces, and how a big spec is split over several processes.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{Context, Result, bail};
 
-use crate::ss::{SsCounts, zero_counts};
+use netconn_common::{Counts, Family, State};
 
 /// One address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
+pub enum IpVersion {
     V4,
     V6,
 }
 
-impl Family {
-    /// Key suffix used in [`SsCounts`] (`tcp4`, `udp6`, ...).
+impl IpVersion {
+    /// `4` or `6`, as popgen's flags spell it.
     pub fn digit(self) -> char {
         match self {
-            Family::V4 => '4',
-            Family::V6 => '6',
+            IpVersion::V4 => '4',
+            IpVersion::V6 => '6',
         }
     }
-    pub fn tcp_key(self) -> &'static str {
+    pub fn tcp(self) -> Family {
         match self {
-            Family::V4 => "tcp4",
-            Family::V6 => "tcp6",
+            IpVersion::V4 => Family::Tcp4,
+            IpVersion::V6 => Family::Tcp6,
         }
     }
-    pub fn udp_key(self) -> &'static str {
+    pub fn udp(self) -> Family {
         match self {
-            Family::V4 => "udp4",
-            Family::V6 => "udp6",
+            IpVersion::V4 => Family::Udp4,
+            IpVersion::V6 => Family::Udp6,
         }
     }
 }
@@ -47,11 +46,11 @@ pub enum FamilySel {
 }
 
 impl FamilySel {
-    pub fn families(self) -> &'static [Family] {
+    pub fn families(self) -> &'static [IpVersion] {
         match self {
-            FamilySel::V4 => &[Family::V4],
-            FamilySel::V6 => &[Family::V6],
-            FamilySel::Both => &[Family::V4, Family::V6],
+            FamilySel::V4 => &[IpVersion::V4],
+            FamilySel::V6 => &[IpVersion::V6],
+            FamilySel::Both => &[IpVersion::V4, IpVersion::V6],
         }
     }
     fn arg(self) -> &'static str {
@@ -281,29 +280,27 @@ impl PopSpec {
 
     /// Sockets this spec adds to `ss`, all families (churn not included).
     pub fn total_sockets(&self) -> u64 {
-        self.expected().values().flat_map(|m| m.values()).sum()
+        self.expected().cells().map(|(_, _, n)| n).sum()
     }
 
     /// Exact `ss` deltas once `ready` is printed (churn not included).
     /// TIME_WAIT and the FIN_WAIT2 half of `close_wait` are timewait socks:
     /// they expire 60 s (tcp_fin_timeout / TCP_TIMEWAIT_LEN) after creation.
-    pub fn expected(&self) -> SsCounts {
-        let mut c = zero_counts();
-        for &f in self.family.families() {
-            let tcp = c.entry(f.tcp_key().to_owned()).or_default();
-            let mut add = |state: &str, n: u32| {
-                *tcp.entry(state.to_owned()).or_default() += u64::from(n);
+    pub fn expected(&self) -> Counts {
+        let mut c = Counts::default();
+        for &v in self.family.families() {
+            let mut add = |family: Family, state: State, n: u32| {
+                c.add(family, state, u64::from(n));
             };
-            add("LISTEN", self.listeners);
-            add("ESTABLISHED", 2 * self.established);
-            add("CLOSE_WAIT", self.close_wait);
-            add("FIN_WAIT2", self.close_wait);
-            add("TIME_WAIT", self.time_wait);
-            add("FIN_WAIT2", self.fin_wait2);
-            add("CLOSE_WAIT", self.fin_wait2);
-            let udp = c.entry(f.udp_key().to_owned()).or_default();
-            *udp.entry("CLOSE".to_owned()).or_default() += u64::from(self.udp_bound);
-            *udp.entry("ESTABLISHED".to_owned()).or_default() += u64::from(self.udp_connected);
+            add(v.tcp(), State::Listen, self.listeners);
+            add(v.tcp(), State::Established, 2 * self.established);
+            add(v.tcp(), State::CloseWait, self.close_wait);
+            add(v.tcp(), State::FinWait2, self.close_wait);
+            add(v.tcp(), State::TimeWait, self.time_wait);
+            add(v.tcp(), State::FinWait2, self.fin_wait2);
+            add(v.tcp(), State::CloseWait, self.fin_wait2);
+            add(v.udp(), State::Close, self.udp_bound);
+            add(v.udp(), State::Established, self.udp_connected);
         }
         c
     }
@@ -327,8 +324,8 @@ impl PopSpec {
         let mut next_port = self.base_port.map(u32::from);
         for &fam in self.family.families() {
             let fsel = match fam {
-                Family::V4 => FamilySel::V4,
-                Family::V6 => FamilySel::V6,
+                IpVersion::V4 => FamilySel::V4,
+                IpVersion::V6 => FamilySel::V6,
             };
             // (kind index, remaining count, descriptors per unit)
             let mut kinds: [(usize, u64, u64); 7] = [
@@ -401,14 +398,7 @@ fn parse_count(flag: &str, v: &str) -> Result<u32> {
         .with_context(|| format!("{flag}: expected a count, got {v:?}"))
 }
 
-/// Sums two count tables cell by cell (missing cells count as 0).
-pub fn add_counts(a: &SsCounts, b: &SsCounts) -> SsCounts {
-    let mut out: SsCounts = a.clone();
-    for (fam, states) in b {
-        let row: &mut BTreeMap<String, u64> = out.entry(fam.clone()).or_default();
-        for (state, n) in states {
-            *row.entry(state.clone()).or_default() += n;
-        }
-    }
-    out
+/// Sums two count tables cell by cell.
+pub fn add_counts(a: &Counts, b: &Counts) -> Counts {
+    a.merged(b)
 }

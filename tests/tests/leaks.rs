@@ -155,9 +155,7 @@ fn check_leaks(agent: &Agent) -> Result<(String, i32)> {
 
 #[test]
 fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let lab = Lab::new("nc-leak")?;
     let (agent, alerts) = (&lab.agent, &lab.alerts);
     let mut leaker = Leaker::start(&lab.ns, 7300, false)?;
@@ -210,9 +208,7 @@ fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
 
 #[test]
 fn healthy_workload_at_the_same_rate_raises_nothing() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let lab = Lab::new("nc-healthy")?;
     let _leaker = Leaker::start(&lab.ns, 7301, true)?;
     // Longer than both windows (3 s age, 10 s growth) plus ticks.
@@ -230,9 +226,7 @@ fn healthy_workload_at_the_same_rate_raises_nothing() -> Result<()> {
 
 #[test]
 fn bad_rules_file_is_one_clear_line() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let rules = std::env::temp_dir().join(format!("netconn-rules-bad-{}.toml", std::process::id()));
     std::fs::write(
         &rules,

@@ -53,9 +53,7 @@ fn programs_settle_at(n: usize) -> bool {
 /// over several processes: every family and state equals ss.
 #[test]
 fn population_before_start_matches_ss() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-before")?;
     let spec = PopSpec {
         family: FamilySel::Both,
@@ -79,7 +77,7 @@ fn population_before_start_matches_ss() -> Result<()> {
     ensure!(diff.is_empty(), "population differs from spec: {diff:?}");
 
     let (_, meta) = agent.counts()?;
-    let total: u64 = seen.values().flat_map(|s| s.values()).sum();
+    let total: u64 = seen.total();
     eprintln!(
         "population {total} sockets in {} processes; seed {}; agent RSS {} KiB",
         pop.len(),
@@ -96,9 +94,7 @@ fn population_before_start_matches_ss() -> Result<()> {
 /// populations); equal again at each quiescent moment.
 #[test]
 fn changes_after_start_match_ss() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-after")?;
     let agent = Agent::start_in(Some(&ns), &[])?;
     agent.assert_matches_ss(SETTLE)?;
@@ -138,7 +134,7 @@ fn changes_after_start_match_ss() -> Result<()> {
     agent.assert_matches_ss(SETTLE)?;
     second.stop()?;
     let end = agent.assert_matches_ss(SETTLE)?;
-    let total: u64 = end.values().flat_map(|s| s.values()).sum();
+    let total: u64 = end.total();
     ensure!(total == 0, "namespace should be empty again: {end:?}");
     agent.stop()?;
     Ok(())
@@ -150,9 +146,7 @@ fn changes_after_start_match_ss() -> Result<()> {
 /// request socket), FIN_WAIT1, LAST_ACK and CLOSING, then kills them.
 #[test]
 fn every_tcp_state_held_matches_ss() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let lab = Lab::new()?;
     let agent = Agent::start_in(Some(&lab.a), &[])?;
     let mut held: Vec<OwnedFd> = Vec::new();
@@ -210,19 +204,16 @@ fn every_tcp_state_held_matches_ss() -> Result<()> {
         wait_state(&lab.a, state, 1)?;
     }
     let seen = agent.assert_matches_ss(SETTLE)?;
-    for (state, want) in [
-        ("SYN_SENT", 1),
-        ("SYN_RECV", 1),
-        ("FIN_WAIT1", 1),
-        ("LAST_ACK", 1),
-        ("CLOSING", 1),
-        ("LISTEN", 1),
+    for state in [
+        State::SynSent,
+        State::SynRecv,
+        State::FinWait1,
+        State::LastAck,
+        State::Closing,
+        State::Listen,
     ] {
-        ensure!(
-            seen["tcp4"][state] == want,
-            "tcp4 {state}: {}",
-            seen["tcp4"][state]
-        );
+        let n = seen.get(Family::Tcp4, state);
+        ensure!(n == 1, "tcp4 {}: {n}", state.name());
     }
 
     // Kill every socket in A (SOCK_DESTROY): all transitions to CLOSE.
@@ -236,9 +227,8 @@ fn every_tcp_state_held_matches_ss() -> Result<()> {
     ensure!(out.status.success(), "ss -K failed");
     let end = agent.assert_matches_ss(SETTLE)?;
     ensure!(
-        end["tcp4"].values().all(|&n| n == 0),
-        "tcp4 not empty: {:?}",
-        end["tcp4"]
+        end.family_total(Family::Tcp4) == 0,
+        "tcp4 not empty: {end:?}"
     );
     drop(streams);
     agent.stop()?;
@@ -249,9 +239,7 @@ fn every_tcp_state_held_matches_ss() -> Result<()> {
 /// closes connections while the agent seeds; after it stops, exact.
 #[test]
 fn startup_under_churn_is_exact() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     for round in 0..10 {
         let ns = Netns::create("nc-churn")?;
         let steady = Population::start_with(
@@ -300,9 +288,7 @@ fn startup_under_churn_is_exact() -> Result<()> {
 /// Test 4: sockets in another namespace leave the default numbers alone.
 #[test]
 fn other_namespace_sockets_do_not_count() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let home = Netns::create("nc-home")?;
     let other = Netns::create("nc-other")?;
     let _home_pop = Population::start_with(
@@ -349,9 +335,7 @@ fn other_namespace_sockets_do_not_count() -> Result<()> {
 /// stays attached after each exit.
 #[test]
 fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-restart")?;
     let before = programs_loaded();
     let churn = Population::start_with(
@@ -399,9 +383,7 @@ fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
 /// keeps serving; bad flags get one clear line and exit code 2.
 #[test]
 fn bad_requests_and_flags() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-bad")?;
     let _pop = Population::start_with(
         POPGEN,
@@ -503,9 +485,7 @@ fn bad_requests_and_flags() -> Result<()> {
 /// A stale socket file left by a dead agent is taken over.
 #[test]
 fn stale_socket_is_taken_over() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-stale")?;
     let first = Agent::start_in(Some(&ns), &[])?;
     let socket = first.socket().to_path_buf();
@@ -551,9 +531,7 @@ fn stale_socket_is_taken_over() -> Result<()> {
 /// the agent re-seeds and is exact again.
 #[test]
 fn map_full_is_reported_and_recovers() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-full")?;
     let agent = Agent::start_in(Some(&ns), &["--max-sockets", "64"])?;
     let pop = Population::start_with(

@@ -140,9 +140,7 @@ fn converse(listen: &str) -> Result<(u16, u16)> {
 
 #[test]
 fn watch_streams_exact_transitions_with_filters() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-watch")?;
     let agent = Agent::start_in(Some(&ns), &[])?;
     let (_, meta) = agent.counts()?;
@@ -246,9 +244,7 @@ fn watch_streams_exact_transitions_with_filters() -> Result<()> {
 
 #[test]
 fn stalled_watcher_is_told_and_others_lose_nothing() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
+    require_root()?;
     let ns = Netns::create("nc-stall")?;
     let agent = Agent::start_in(Some(&ns), &[])?;
     let (_, meta) = agent.counts()?;

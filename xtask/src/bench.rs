@@ -85,7 +85,7 @@ pub fn run(popgen: &Path, netconn: &Path, args: &BenchArgs) -> Result<()> {
         let ss = agent
             .assert_matches_ss(Duration::from_secs(60))
             .context("agent differs from ss")?;
-        let sockets: u64 = ss.values().flat_map(|s| s.values()).sum();
+        let sockets: u64 = ss.total();
         eprintln!("bench: {sockets} sockets, agent equals ss; measuring");
         rows.push(measure(&ns, &agent, netconn, sockets, args)?);
     }

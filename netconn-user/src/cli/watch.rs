@@ -9,9 +9,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{client::ClientError, stream::Filter};
+use super::client::{ClientError, connect_stream};
+use crate::proto::{self, AlertEvent, ErrorReply, Filter, Request, Transition, WatchLine};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct WatchArgs {
     /// Either side's port; repeatable.
     #[arg(long)]
@@ -38,30 +39,25 @@ pub struct WatchArgs {
     #[arg(long)]
     alerts: bool,
     /// The agent's socket.
-    #[arg(long, env = "NETCONN_SOCKET", default_value = crate::proto::DEFAULT_SOCKET)]
+    #[arg(long, env = "NETCONN_SOCKET", default_value = proto::DEFAULT_SOCKET)]
     socket: PathBuf,
 }
 
-pub fn run(args: WatchArgs) -> anyhow::Result<()> {
+pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let filter = Filter {
-        port: args.port,
-        local_port: args.local_port,
-        remote_port: args.remote_port,
-        family: args.family,
+        port: args.port.clone(),
+        local_port: args.local_port.clone(),
+        remote_port: args.remote_port.clone(),
+        family: args.family.clone(),
         state: args.state.iter().map(|s| s.to_ascii_uppercase()).collect(),
-        netns: args.netns,
+        netns: args.netns.clone(),
     };
     filter.validate().map_err(anyhow::Error::msg)?;
-    let stream = UnixStream::connect(&args.socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NoAgent(args.socket.clone())
-        }
-        std::io::ErrorKind::PermissionDenied => ClientError::Permission(args.socket.clone()),
-        _ => ClientError::Io(args.socket.clone(), e),
-    })?;
-    let request = serde_json::json!({ "cmd": "watch", "filter": filter, "alerts": args.alerts });
+    let stream: UnixStream = connect_stream(&args.socket)?;
+    let mut request = serde_json::to_vec(&Request::watch(filter, args.alerts))?;
+    request.push(b'\n');
     (&stream)
-        .write_all(format!("{request}\n").as_bytes())
+        .write_all(&request)
         .context("sending the watch request")?;
 
     let out = std::io::stdout();
@@ -86,10 +82,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         // drop reports or alerts.
         if first {
             first = false;
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(error) = v.get("error").and_then(|e| e.as_str())
-            {
-                return Err(ClientError::Agent(error.to_string()).into());
+            if let Ok(refusal) = serde_json::from_str::<ErrorReply>(&line) {
+                return Err(ClientError::Agent(refusal.error).into());
             }
         }
         let written = if args.json {
@@ -97,7 +91,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
             // through unparsed, so one watcher keeps up with the kernel.
             out.write_all(line.as_bytes())
         } else {
-            let value: serde_json::Value =
+            let value: WatchLine =
                 serde_json::from_str(&line).context("the agent sent a malformed line")?;
             writeln!(out, "{}", text(&value))
         };
@@ -120,52 +114,52 @@ fn header() -> String {
 }
 
 /// One aligned line for an event, a drop report or an alert.
-fn text(v: &serde_json::Value) -> String {
-    if let Some(n) = v.get("dropped") {
-        return format!(
-            "*** dropped {n} events (slow reader {}, kernel ring full {})",
-            v["slow_reader"], v["kernel_ring"]
-        );
+fn text(line: &WatchLine) -> String {
+    match line {
+        WatchLine::Dropped(d) => format!(
+            "*** dropped {} events (slow reader {}, kernel ring full {})",
+            d.dropped, d.slow_reader, d.kernel_ring
+        ),
+        WatchLine::Alert { alert } => {
+            let (event, at, severity, message) = match alert {
+                AlertEvent::Fired(a) => ("FIRED", a.since, Some(a.severity), &a.message),
+                AlertEvent::Updated(a) => ("UPDATED", a.since, Some(a.severity), &a.message),
+                AlertEvent::Cleared {
+                    cleared_at,
+                    message,
+                    ..
+                } => ("CLEARED", *cleared_at, None, message),
+            };
+            let severity = severity.map(|s| s.name()).unwrap_or("");
+            format!(
+                "{} {event:<8} {severity:<8} {message}",
+                humantime::format_rfc3339_millis(at)
+            )
+        }
+        WatchLine::Transition(t) => transition(t),
     }
-    if let Some(alert) = v.get("alert") {
-        let event = alert["event"]
-            .as_str()
-            .unwrap_or("alert")
-            .to_ascii_uppercase();
-        let at = alert["cleared_at"]
-            .as_str()
-            .or_else(|| alert["since"].as_str())
-            .unwrap_or("");
-        let severity = alert["severity"].as_str().unwrap_or("");
-        return format!(
-            "{at} {event:<8} {severity:<8} {}",
-            alert["message"].as_str().unwrap_or("")
-        );
-    }
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
-    let endpoint = |a: &str, p: &str| {
-        let addr = s(a);
+}
+
+fn transition(t: &Transition) -> String {
+    let endpoint = |addr: &str, port: u16| {
         if addr.contains(':') {
-            format!("[{addr}]:{}", v[p])
+            format!("[{addr}]:{port}")
         } else {
-            format!("{addr}:{}", v[p])
+            format!("{addr}:{port}")
         }
     };
-    let pid = v["pid"]
-        .as_u64()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "-".into());
+    let pid = t.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
     format!(
         "{:<27} {:>10} {:<4} {:<28} {:<28} {:<11} -> {:<11} {:>10.3} {:>7} {}",
-        s("time"),
-        v["netns"],
-        s("family"),
-        endpoint("laddr", "lport"),
-        endpoint("raddr", "rport"),
-        s("old"),
-        s("new"),
-        v["ms"].as_f64().unwrap_or(0.0),
+        t.time,
+        t.netns,
+        t.family,
+        endpoint(&t.laddr, t.lport),
+        endpoint(&t.raddr, t.rport),
+        t.old,
+        t.new,
+        t.ms,
         pid,
-        v["comm"].as_str().unwrap_or("-"),
+        t.comm.as_deref().unwrap_or("-"),
     )
 }

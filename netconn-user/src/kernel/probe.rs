@@ -17,7 +17,7 @@ use netconn_common::{
     CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry,
 };
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 /// The compiled eBPF object, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netconn"));

@@ -13,16 +13,7 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
-
-/// A process holding some of an alert's sockets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    /// How many of the alert's sockets it holds.
-    pub sockets: u64,
-}
+use crate::proto::ProcessInfo;
 
 /// The result of one scan: owners of each looked-up inode.
 #[derive(Debug, Default)]

@@ -1,5 +1,5 @@
-//! Asking a running agent: connect to its socket, send one request line,
-//! read one reply line.
+//! Asking a running agent: connect to its socket, send one typed request,
+//! read one typed reply.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -7,6 +7,10 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
+
+use serde::de::DeserializeOwned;
+
+use crate::proto::{Alert, Command, ErrorReply, LeaksReply, Request, StatsReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,15 +33,21 @@ pub struct Client {
     line: String,
 }
 
+/// Connect to the agent's socket, mapping the usual failures to what they
+/// mean for a user.
+pub fn connect_stream(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NoAgent(path.to_path_buf())
+        }
+        std::io::ErrorKind::PermissionDenied => ClientError::Permission(path.to_path_buf()),
+        _ => ClientError::Io(path.to_path_buf(), e),
+    })
+}
+
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ClientError::NoAgent(path.to_path_buf())
-            }
-            std::io::ErrorKind::PermissionDenied => ClientError::Permission(path.to_path_buf()),
-            _ => ClientError::Io(path.to_path_buf(), e),
-        })?;
+        let stream = connect_stream(path)?;
         let timeout = Some(Duration::from_secs(10));
         let io = |e| ClientError::Io(path.to_path_buf(), e);
         stream.set_read_timeout(timeout).map_err(io)?;
@@ -49,12 +59,10 @@ impl Client {
         })
     }
 
-    /// Send one request object, return the reply object.
-    pub fn request(
-        &mut self,
-        request: &serde_json::Value,
-    ) -> Result<serde_json::Value, ClientError> {
-        let mut bytes = request.to_string().into_bytes();
+    /// Send one request, return its reply (an error reply as an error).
+    pub fn request<R: DeserializeOwned>(&mut self, request: &Request) -> Result<R, ClientError> {
+        let mut bytes =
+            serde_json::to_vec(request).map_err(|_| ClientError::Protocol(self.path.clone()))?;
         bytes.push(b'\n');
         let io = |e| ClientError::Io(self.path.clone(), e);
         self.reader.get_mut().write_all(&bytes).map_err(io)?;
@@ -66,22 +74,19 @@ impl Client {
         if n == 0 {
             return Err(ClientError::Protocol(self.path.clone()));
         }
-        let reply: serde_json::Value = serde_json::from_str(&self.line)
-            .map_err(|_| ClientError::Protocol(self.path.clone()))?;
-        if let Some(message) = reply.get("error").and_then(|e| e.as_str()) {
-            return Err(ClientError::Agent(message.to_string()));
+        if let Ok(refusal) = serde_json::from_str::<ErrorReply>(&self.line) {
+            return Err(ClientError::Agent(refusal.error));
         }
-        Ok(reply)
+        serde_json::from_str(&self.line).map_err(|_| ClientError::Protocol(self.path.clone()))
     }
 
-    pub fn stats(&mut self) -> Result<serde_json::Value, ClientError> {
-        self.request(&serde_json::json!({ "cmd": "stats" }))
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        self.request(&Request::new(Command::Stats))
     }
 
     /// The leak alerts active in the agent.
-    pub fn leaks(&mut self) -> Result<Vec<crate::leaks::Alert>, ClientError> {
-        let reply = self.request(&serde_json::json!({ "cmd": "leaks" }))?;
-        serde_json::from_value(reply["alerts"].clone())
-            .map_err(|_| ClientError::Protocol(self.path.clone()))
+    pub fn leaks(&mut self) -> Result<Vec<Alert>, ClientError> {
+        let reply: LeaksReply = self.request(&Request::new(Command::Leaks))?;
+        Ok(reply.alerts)
     }
 }

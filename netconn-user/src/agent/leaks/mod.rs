@@ -29,12 +29,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::{Deserialize, Serialize};
+pub use owners::Owners;
+pub use rules::{Condition, Rule, default_rules, load_rules};
 
-pub use owners::{Owners, ProcessInfo};
-pub use rules::{Condition, Rule, RuleKind, Severity, default_rules, load_rules};
+use netconn_common::{Counts, Family, State};
 
-use crate::counts::{Counts, Family, State};
+use crate::proto::{Alert, AlertEvent, Offenders, PortCount, RemoteCount, RuleKind};
 
 /// Entries kept in each offenders list.
 const TOP: usize = 5;
@@ -67,62 +67,6 @@ pub struct Tick<'a> {
     /// All sockets currently in the states of [`Detector::states_needing_sockets`]
     /// (age alerts clear when their sockets are missing).
     pub sockets: &'a [SocketInfo],
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortCount {
-    pub port: u16,
-    pub sockets: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteCount {
-    pub addr: SocketAddr,
-    pub sockets: u64,
-}
-
-/// Who is responsible: top 5 of each, most sockets first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offenders {
-    pub ports: Vec<PortCount>,
-    pub remotes: Vec<RemoteCount>,
-    pub processes: Vec<ProcessInfo>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    pub rule: String,
-    pub kind: RuleKind,
-    pub severity: Severity,
-    /// Family group of the rule: tcp4, tcp6, udp4, udp6, tcp, udp or all.
-    pub family: String,
-    pub state: String,
-    pub message: String,
-    /// Count (count), sockets per minute (growth) or old sockets (age).
-    pub value: f64,
-    /// `above`, `per_minute` or `min_sockets`.
-    pub threshold: f64,
-    /// When the alert fired (RFC 3339 in JSON).
-    #[serde(with = "rfc3339")]
-    pub since: SystemTime,
-    pub offenders: Offenders,
-}
-
-/// JSON: `{"event": "fired", ...alert}`, `{"event": "cleared", "rule": ...}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum AlertEvent {
-    Fired(Alert),
-    /// Still active, but the set of top ports, remotes or processes changed.
-    Updated(Alert),
-    Cleared {
-        rule: String,
-        #[serde(with = "rfc3339")]
-        since: SystemTime,
-        #[serde(with = "rfc3339")]
-        cleared_at: SystemTime,
-        message: String,
-    },
 }
 
 pub struct Detector {
@@ -524,22 +468,6 @@ fn message(rule: &Rule, value: f64, offenders: &Offenders) -> String {
         out += &format!("; process {} {} ({})", p.pid, p.comm, p.sockets);
     }
     out
-}
-
-/// SystemTime as an RFC 3339 string, like the agent's other timestamps.
-mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
-    }
 }
 
 #[cfg(test)]

@@ -30,9 +30,9 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use netconn_common::{Family, State};
 
-use crate::counts::{Family, State};
+use crate::proto::{RuleKind, Severity};
 
 /// Which families a rule adds up, by the names `stats --json` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,41 +62,6 @@ impl FamilyGroup {
 
     pub fn contains(&self, family: Family) -> bool {
         self.families.contains(&family)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    /// Nagios plugin exit code: 1 WARNING, 2 CRITICAL.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Severity::Warning => 1,
-            Severity::Critical => 2,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    Count,
-    Growth,
-    Age,
-}
-
-impl RuleKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleKind::Count => "count",
-            RuleKind::Growth => "growth",
-            RuleKind::Age => "age",
-        }
     }
 }
 

@@ -9,11 +9,16 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{
-    counts::{Family, State},
-    diag::{self, Kind, Proto},
-    leaks::{Alert, AlertEvent, Detector, Rule, SocketInfo, Tick},
+use netconn_common::{Family, State};
+
+use super::{
+    hub::Hub,
+    leaks::{Detector, Rule, SocketInfo, Tick},
     tracker::Tracker,
+};
+use crate::{
+    kernel::diag::{self, Kind, Proto},
+    proto::{Alert, AlertEvent, WatchLine},
 };
 
 const TICK: Duration = Duration::from_secs(1);
@@ -33,7 +38,7 @@ impl ActiveAlerts {
 }
 
 /// Run until the tracker stops.
-pub fn run(tracker: &Tracker, rules: Vec<Rule>) {
+pub fn run(tracker: &Tracker, hub: &Hub, active: &ActiveAlerts, rules: Vec<Rule>) {
     let mut detector = Detector::new(rules);
     while !tracker.stopped() {
         let started = Instant::now();
@@ -53,10 +58,10 @@ pub fn run(tracker: &Tracker, rules: Vec<Rule>) {
             counts: &counts,
             sockets: &sockets,
         };
-        for event in detector.tick(&tick) {
-            report(tracker, &event);
-        }
-        tracker.alerts.set(detector.active());
+        let events = detector.tick(&tick);
+        publish(&events, detector.active(), active, |event| {
+            report(hub, event)
+        });
         std::thread::sleep(TICK.saturating_sub(started.elapsed()));
     }
 }
@@ -115,8 +120,23 @@ fn state_bits(state: State) -> u32 {
     }
 }
 
+/// Update the active set first, then tell the world: whoever hears of an
+/// alert (a `cleared` on `watch --alerts`, say) and asks `check --leaks`
+/// right away must find the set already saying so.
+fn publish(
+    events: &[AlertEvent],
+    now_active: Vec<Alert>,
+    active: &ActiveAlerts,
+    mut report: impl FnMut(&AlertEvent),
+) {
+    active.set(now_active);
+    for event in events {
+        report(event);
+    }
+}
+
 /// Log one structured line and tell the `--alerts` watchers.
-fn report(tracker: &Tracker, event: &AlertEvent) {
+fn report(hub: &Hub, event: &AlertEvent) {
     match event {
         AlertEvent::Fired(a) | AlertEvent::Updated(a) => {
             let what = if matches!(event, AlertEvent::Fired(_)) {
@@ -140,7 +160,52 @@ fn report(tracker: &Tracker, event: &AlertEvent) {
             log::info!("alert=cleared rule={rule} message={message:?}");
         }
     }
-    if let Ok(line) = serde_json::to_string(&serde_json::json!({ "alert": event })) {
-        tracker.hub.publish_alert(&line);
+    let line = WatchLine::Alert {
+        alert: event.clone(),
+    };
+    if let Ok(line) = serde_json::to_string(&line) {
+        hub.publish_alert(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    /// A `cleared` event must reach watchers only once the active set no
+    /// longer holds the alert (it used to be published first).
+    #[test]
+    fn cleared_is_published_after_the_active_set_is_updated() {
+        let active = ActiveAlerts::default();
+        let alert: Alert = serde_json::from_value(serde_json::json!({
+            "rule": "close-wait-count", "kind": "count", "severity": "warning",
+            "family": "all", "state": "CLOSE_WAIT", "message": "m", "value": 3.0,
+            "threshold": 1.0, "since": "2026-12-01T00:00:00Z",
+            "offenders": {"ports": [], "remotes": [], "processes": []}
+        }))
+        .unwrap();
+        active.set(vec![alert.clone()]);
+        let cleared = AlertEvent::Cleared {
+            rule: alert.rule.clone(),
+            since: alert.since,
+            cleared_at: SystemTime::now(),
+            message: "gone".into(),
+        };
+        let mut seen = 0;
+        publish(&[cleared], Vec::new(), &active, |event| {
+            assert!(matches!(event, AlertEvent::Cleared { .. }));
+            assert!(
+                active.get().is_empty(),
+                "cleared published while still active"
+            );
+            seen += 1;
+        });
+        assert_eq!(seen, 1);
+        let fired = AlertEvent::Fired(alert.clone());
+        publish(&[fired], vec![alert], &active, |_| {
+            assert_eq!(active.get().len(), 1, "fired published before it is active");
+        });
     }
 }

@@ -17,10 +17,8 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{
-    proto::{Command, MAX_REQUEST, Request, error_reply},
-    tracker::Tracker,
-};
+use super::Agent;
+use crate::proto::{Command, LeaksReply, MAX_REQUEST, Pong, Request, error_reply};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -97,7 +95,7 @@ impl Bound {
     }
 
     /// Serve until the future is dropped.
-    pub async fn serve(&mut self, tracker: Arc<Tracker>) {
+    pub async fn serve(&mut self, agent: Arc<Agent>) {
         let Some(listener) = self.listener.take() else {
             return;
         };
@@ -115,9 +113,9 @@ impl Bound {
             };
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let tracker = Arc::clone(&tracker);
+                    let agent = Arc::clone(&agent);
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(stream, &tracker).await {
+                        if let Err(e) = serve_connection(stream, &agent).await {
                             log::debug!("connection ended: {e}");
                         }
                         drop(permit);
@@ -142,7 +140,7 @@ impl Drop for Bound {
     }
 }
 
-async fn serve_connection(stream: UnixStream, tracker: &Tracker) -> io::Result<()> {
+async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(256);
@@ -178,9 +176,9 @@ async fn serve_connection(stream: UnixStream, tracker: &Tracker) -> io::Result<(
         };
         if request.cmd == Command::Watch {
             // The connection becomes a stream until the client leaves.
-            return watch(request, reader, write, tracker).await;
+            return watch(request, reader, write, agent).await;
         }
-        let mut reply = answer(&request, tracker);
+        let mut reply = answer(&request, agent);
         reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
     }
@@ -191,7 +189,7 @@ async fn watch(
     request: Request,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     write: tokio::net::unix::OwnedWriteHalf,
-    tracker: &Tracker,
+    agent: &Agent,
 ) -> io::Result<()> {
     let mut write = tokio::io::BufWriter::with_capacity(1 << 16, write);
     if let Err(message) = request.filter.validate() {
@@ -201,11 +199,9 @@ async fn watch(
         return write.flush().await;
     }
     let events = !request.alerts;
-    let (mut sub, watchers) = tracker
-        .hub
-        .subscribe(request.filter, events, request.alerts);
+    let (mut sub, watchers) = agent.hub.subscribe(request.filter, events, request.alerts);
     if events && watchers == 1 {
-        tracker.set_streaming(true);
+        agent.tracker.set_streaming(true);
     }
     let result = async {
         let mut scratch = [0u8; 256];
@@ -245,38 +241,63 @@ async fn watch(
     }
     .await;
     drop(sub);
-    if tracker.hub.prune() == 0 {
-        tracker.set_streaming(false);
+    if agent.hub.prune() == 0 {
+        agent.tracker.set_streaming(false);
     }
     result
 }
 
-fn answer(request: &Request, tracker: &Tracker) -> String {
-    match request.cmd {
-        Command::Ping => serde_json::json!({ "pong": true }).to_string(),
-        Command::Watch => error_reply("internal error: watch is a stream"),
-        Command::Leaks => serde_json::json!({ "alerts": tracker.alerts.get() }).to_string(),
-        Command::Stats => {
-            let snapshot = tracker.snapshot();
-            let mut object = snapshot.counts.json();
-            match serde_json::to_value(&snapshot.meta) {
-                Ok(meta) => {
-                    object.insert("meta".into(), meta);
-                }
-                Err(e) => return error_reply(&format!("internal error: {e}")),
-            }
-            serde_json::Value::Object(object).to_string()
+fn answer(request: &Request, agent: &Agent) -> String {
+    let reply = match request.cmd {
+        Command::Ping => serde_json::to_string(&Pong { pong: true }),
+        Command::Watch => return error_reply("internal error: watch is a stream"),
+        Command::Leaks => serde_json::to_string(&LeaksReply {
+            alerts: agent.alerts.get(),
+        }),
+        Command::Stats => serde_json::to_string(&agent.tracker.snapshot()),
+    };
+    reply.unwrap_or_else(|e| error_reply(&format!("internal error: {e}")))
+}
+
+/// A group's id through the system's resolver (NSS: files, LDAP, sssd,
+/// ...), or a number as given.
+fn group_id(name: &str) -> Result<u32, ServerError> {
+    let no_group = || ServerError::NoGroup(name.to_string());
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return Err(no_group());
+    };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: zeroed plain C struct, filled by getgrnam_r.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: valid C string, struct and buffer of the stated length.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
         }
+        if rc == 0 && !found.is_null() {
+            return Ok(group.gr_gid);
+        }
+        return name.parse().map_err(|_| no_group());
     }
 }
 
-fn group_id(name: &str) -> Result<u32, ServerError> {
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    group
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&name))
-        .and_then(|f| f.get(2)?.parse().ok())
-        .or_else(|| name.parse().ok())
-        .ok_or_else(|| ServerError::NoGroup(name.to_string()))
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_resolve_through_nss_or_as_numbers() {
+        assert_eq!(super::group_id("root").ok(), Some(0));
+        assert_eq!(super::group_id("4242").ok(), Some(4242));
+        assert!(super::group_id("no-such-group-netconn").is_err());
+    }
 }

@@ -15,10 +15,11 @@ use std::{
 };
 
 use netconn_common::{EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, StateEvent};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::counts::State;
+use super::tracker::Tracker;
+use crate::{kernel, proto::Filter};
+use netconn_common::State;
 
 /// Longest a transition waits in the kernel's ring before a watcher sees it.
 const POLL_MS: i32 = 10;
@@ -26,62 +27,23 @@ const POLL_MS: i32 = 10;
 /// Lines a watcher may have queued before it starts losing events.
 pub const WATCHER_QUEUE: usize = 65_536;
 
-/// What a watcher asked for; every list is OR'd, lists are AND'd, empty = any.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Filter {
-    /// Either side's port.
-    #[serde(default)]
-    pub port: Vec<u16>,
-    #[serde(default)]
-    pub local_port: Vec<u16>,
-    #[serde(default)]
-    pub remote_port: Vec<u16>,
-    /// 4 or 6.
-    #[serde(default)]
-    pub family: Vec<u8>,
-    /// State names as in the stats JSON; matches old or new.
-    #[serde(default)]
-    pub state: Vec<String>,
-    #[serde(default)]
-    pub netns: Vec<u32>,
-}
-
-impl Filter {
-    /// Check the values once, when the watcher connects.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(f) = self.family.iter().find(|f| **f != 4 && **f != 6) {
-            return Err(format!("family must be 4 or 6, not {f}"));
-        }
-        if let Some(s) = self
-            .state
-            .iter()
-            .find(|s| !State::ALL.iter().any(|st| st.name() == s.as_str()))
-        {
-            return Err(format!(
-                "unknown state {s:?} (use e.g. ESTABLISHED, TIME_WAIT)"
-            ));
-        }
-        Ok(())
-    }
-
-    fn matches(&self, e: &StateEvent) -> bool {
-        let any = |list: &[u16], port: u16| list.is_empty() || list.contains(&port);
-        let state_name = |s: u8| State::from_kernel(s).name();
-        (self.port.is_empty() || self.port.contains(&e.sport) || self.port.contains(&e.dport))
-            && any(&self.local_port, e.sport)
-            && any(&self.remote_port, e.dport)
-            && (self.family.is_empty()
-                || self
-                    .family
-                    .contains(&if e.family == FAMILY_INET { 4 } else { 6 }))
-            && (self.state.is_empty()
-                || self
-                    .state
-                    .iter()
-                    .any(|s| s == state_name(e.old) || s == state_name(e.new)))
-            && (self.netns.is_empty() || self.netns.contains(&e.netns))
-    }
+/// Whether `e` passes `filter` (see [`Filter`] for how lists combine).
+fn matches(filter: &Filter, e: &StateEvent) -> bool {
+    let any = |list: &[u16], port: u16| list.is_empty() || list.contains(&port);
+    let state_name = |s: u8| State::from_kernel(s).name();
+    (filter.port.is_empty() || filter.port.contains(&e.sport) || filter.port.contains(&e.dport))
+        && any(&filter.local_port, e.sport)
+        && any(&filter.remote_port, e.dport)
+        && (filter.family.is_empty()
+            || filter
+                .family
+                .contains(&if e.family == FAMILY_INET { 4 } else { 6 }))
+        && (filter.state.is_empty()
+            || filter
+                .state
+                .iter()
+                .any(|s| s == state_name(e.old) || s == state_name(e.new)))
+        && (filter.netns.is_empty() || filter.netns.contains(&e.netns))
 }
 
 /// One connected watcher, as the fan-out sees it.
@@ -108,12 +70,12 @@ impl WatcherCounters {
         let slow = self.slow.swap(0, Ordering::Relaxed);
         let kernel = self.kernel.swap(0, Ordering::Relaxed);
         (slow + kernel > 0).then(|| {
-            serde_json::json!({
-                "dropped": slow + kernel,
-                "slow_reader": slow,
-                "kernel_ring": kernel,
-            })
-            .to_string()
+            let dropped = crate::proto::Dropped {
+                dropped: slow + kernel,
+                slow_reader: slow,
+                kernel_ring: kernel,
+            };
+            serde_json::to_string(&dropped).unwrap_or_default()
         })
     }
 }
@@ -161,7 +123,7 @@ impl Hub {
         let watchers = lock(&self.watchers);
         for w in watchers.iter().filter(|w| w.events) {
             for (event, line) in batch {
-                if !w.filter.matches(event) {
+                if !matches(&w.filter, event) {
                     continue;
                 }
                 match w.queue.try_send(Arc::clone(line)) {
@@ -197,9 +159,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Deliver the kernel's transitions to the watchers until the tracker
+/// stops; follows re-seeds to the new generation's ring.
+pub fn run_stream(tracker: &Tracker, hub: &Hub) {
+    while !tracker.stopped() {
+        let Some((ring, source)) = tracker.take_ring() else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        pump(
+            ring,
+            hub,
+            || source.dropped_total(),
+            || !tracker.stopped() && tracker.is_current(&source),
+        );
+    }
+}
+
 /// Read the ring buffer until `keep_going` says stop, publishing to `hub`.
 /// `dropped_total` reads the kernel's cumulative overflow counter.
-pub fn pump(
+fn pump(
     mut ring: aya::maps::RingBuf<aya::maps::MapData>,
     hub: &Hub,
     dropped_total: impl Fn() -> u64,
@@ -256,7 +235,7 @@ impl Clock {
     fn now() -> Clock {
         Clock {
             wall: SystemTime::now(),
-            boot_ns: crate::tracker::boot_ns(),
+            boot_ns: kernel::boot_ns(),
         }
     }
 
@@ -352,7 +331,11 @@ mod tests {
         };
         let mut e = event();
         e.ts_ns = 4_000_000;
-        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        let line = render(&e, &clock);
+        // The hand-written line is the protocol's typed Transition.
+        let typed: crate::proto::Transition = serde_json::from_str(&line).unwrap();
+        assert_eq!((typed.lport, typed.pid), (8080, Some(7)));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "1970-01-12T13:46:39.999000Z");
         assert_eq!(v["family"], "tcp4");
         assert_eq!(v["laddr"], "127.0.0.1");
@@ -384,7 +367,7 @@ mod tests {
     #[test]
     fn filters_combine_as_documented() {
         let e = event();
-        let f = |json: &str| serde_json::from_str::<Filter>(json).unwrap().matches(&e);
+        let f = |json: &str| matches(&serde_json::from_str::<Filter>(json).unwrap(), &e);
         assert!(f("{}"));
         assert!(f(r#"{"port":[50000]}"#));
         assert!(f(r#"{"port":[8080]}"#));

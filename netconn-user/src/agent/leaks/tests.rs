@@ -1,6 +1,7 @@
 use std::{net::TcpListener, os::fd::AsRawFd as _};
 
 use super::{rules::parse_rules, *};
+use crate::proto::{ProcessInfo, Severity};
 
 const EPOCH: u64 = 1_700_000_000;
 

@@ -1,0 +1,133 @@
+//! The long-running agent: wiring of its pieces, and nothing else.
+//!
+//! * `tracker` stores the counts and says whether they are exact;
+//!   `generation` loads, attaches and seeds one kernel-side generation;
+//!   `refresh` keeps the untracked part current and re-seeds on trouble;
+//! * `hub` fans the kernel's transitions out to watchers;
+//! * `alerts` runs the leak rules of `leaks`;
+//! * `server` answers on the Unix socket.
+//!
+//! The pieces never call each other in a circle: each loop gets the parts
+//! it needs from the [`Agent`] this module owns.
+
+mod alerts;
+mod generation;
+mod hub;
+pub mod leaks;
+mod refresh;
+mod server;
+mod tracker;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+
+pub use tracker::MAX_AGE;
+
+use crate::proto;
+
+/// `netconn agent`'s options.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Unix socket to serve on.
+    #[arg(long, env = "NETCONN_SOCKET", default_value = proto::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Group given access to the socket (mode 0660), e.g. the monitoring user's.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Capacity of the kernel's per-socket map (full TCP sockets in all
+    /// namespaces); preallocated, 88 bytes of kernel memory each.
+    #[arg(long, default_value_t = 1 << 19, value_parser = clap::value_parser!(u32).range(1..=(1 << 26)))]
+    pub max_sockets: u32,
+    /// How often the TIME_WAIT / request-socket / UDP part is re-read, in ms (at most 900).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=900))]
+    pub refresh_ms: u64,
+    /// Leak rules (TOML); without it the defaults apply (see README).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Size of the kernel's transition ring buffer for `watch`, in MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !n.is_power_of_two() || n > 1024 {
+        return Err(format!("{n} is not a power of two between 1 and 1024"));
+    }
+    Ok(n)
+}
+
+/// What the agent's loops and connections share.
+pub struct Agent {
+    pub tracker: tracker::Tracker,
+    pub hub: hub::Hub,
+    pub alerts: alerts::ActiveAlerts,
+}
+
+/// Run the agent until SIGINT or SIGTERM.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let rules = match &options.rules {
+        Some(path) => leaks::load_rules(path)?,
+        None => leaks::default_rules(),
+    };
+    let mut bound = server::Bound::bind(&options.socket, options.group.as_deref())?;
+    let tracker = tracker::Tracker::start(tracker::Config {
+        max_sockets: options.max_sockets,
+        refresh: Duration::from_millis(options.refresh_ms),
+        ring_bytes: options.ring_mib << 20,
+    })?;
+    let agent = Arc::new(Agent {
+        tracker,
+        hub: hub::Hub::default(),
+        alerts: alerts::ActiveAlerts::default(),
+    });
+    // Blocking work runs on threads of its own; the runtime only serves.
+    let workers = [
+        spawn(&agent, "refresh", |a| a.tracker.run_maintenance())?,
+        spawn(&agent, "stream", |a| hub::run_stream(&a.tracker, &a.hub))?,
+        spawn(&agent, "leaks", move |a| {
+            alerts::run(&a.tracker, &a.hub, &a.alerts, rules)
+        })?,
+    ];
+    log::info!("serving on {}", options.socket.display());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        tokio::select! {
+            _ = bound.serve(Arc::clone(&agent)) => {}
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        anyhow::Ok(())
+    });
+    // Dropping the runtime ends the connection tasks and their references.
+    drop(runtime);
+    agent.tracker.stop();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    drop(bound);
+    // Last reference: detaches the program and frees the maps.
+    drop(agent);
+    outcome
+}
+
+/// A named thread running `work` on the shared agent until it stops.
+fn spawn(
+    agent: &Arc<Agent>,
+    name: &str,
+    work: impl FnOnce(&Agent) + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let agent = Arc::clone(agent);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(&agent))
+        .with_context(|| format!("starting the {name} thread"))
+}
