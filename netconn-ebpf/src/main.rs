@@ -12,7 +12,7 @@
 #![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -32,12 +32,11 @@ use netconn_common::{
     CONTROL_SEEDING, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED, ENTRY_TOMBSTONE,
     EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6, NsCounts,
     STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS,
-    STAT_SOCKS_FULL, SockEntry, StateEvent, slot,
+    STAT_SOCKS_FULL, SockEntry, StateEvent, model::TCP_CLOSE, slot,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const TCP_CLOSE: i32 = 7;
 
 /// Byte offsets inside kernel structs, read from the running kernel's BTF by
 /// the agent and written here before load (Rust eBPF has no CO-RE field
@@ -296,51 +295,89 @@ fn try_set_state(sk: *const c_void, cookie: u64, old: i32, new: i32) -> Result<(
 #[inline(always)]
 fn track(cookie: u64, family: u8, netns: u32, new: u8, now: u64) -> Result<Option<SockEntry>, u32> {
     let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
-    let closing = new as i32 == TCP_CLOSE;
-    if let Some(entry) = SOCKS.get_ptr_mut(cookie) {
-        // SAFETY: pointer to our own map value; this socket's transitions are
-        // serialised by its lock, so nobody else writes this entry now.
-        let entry = unsafe { &mut *entry };
-        if entry.flags != ENTRY_TOMBSTONE {
-            let before = *entry;
-            count(entry.netns, entry.family, entry.state, -1)?;
-            if closing {
-                if seeding {
-                    entry.flags = ENTRY_TOMBSTONE;
-                } else {
-                    let _ = SOCKS.remove(cookie);
-                }
-            } else {
-                *entry = live_entry(netns, family, new, now);
-                count(netns, family, new, 1)?;
-            }
-            return Ok(Some(before));
-        }
-        // A tombstone: the socket closed during seeding and is now back
-        // (connect again after a failed connect). Go on as a new socket.
-        if closing {
-            if !seeding {
-                let _ = SOCKS.remove(cookie);
-            }
+    let closing = new == TCP_CLOSE;
+    if let Some(done) = update_existing(cookie, family, netns, new, now, seeding)? {
+        return Ok(done);
+    }
+    // No entry. Inserts use NOEXIST: the agent's seed may insert this very
+    // socket between our lookup and our insert (it runs on another CPU). A
+    // blind overwrite would then leave the seeded state counted forever
+    // (seen as a stale FIN_WAIT1 +1 after start-ups under churn); instead
+    // the seeded entry is treated as existing.
+    let inserted = if closing {
+        if !seeding {
             return Ok(None);
         }
-    } else if closing {
-        if seeding {
-            let tomb = SockEntry {
-                flags: ENTRY_TOMBSTONE,
-                ..live_entry(netns, family, new, now)
-            };
-            SOCKS
-                .insert(cookie, tomb, BPF_NOEXIST as u64)
-                .map_err(|_| STAT_SOCKS_FULL)?;
+        let tomb = SockEntry {
+            flags: ENTRY_TOMBSTONE,
+            ..live_entry(netns, family, new, now)
+        };
+        SOCKS.insert(cookie, tomb, BPF_NOEXIST as u64).is_ok()
+    } else {
+        SOCKS
+            .insert(
+                cookie,
+                live_entry(netns, family, new, now),
+                BPF_NOEXIST as u64,
+            )
+            .is_ok()
+    };
+    if inserted {
+        if !closing {
+            count(netns, family, new, 1)?;
         }
         return Ok(None);
     }
-    SOCKS
-        .insert(cookie, live_entry(netns, family, new, now), BPF_ANY as u64)
-        .map_err(|_| STAT_SOCKS_FULL)?;
-    count(netns, family, new, 1)?;
-    Ok(None)
+    match update_existing(cookie, family, netns, new, now, seeding)? {
+        Some(done) => Ok(done),
+        None => Err(STAT_SOCKS_FULL),
+    }
+}
+
+/// The transition for a socket that has an entry: `Some(previous live
+/// entry)` when handled, `None` when there is no entry.
+#[inline(always)]
+fn update_existing(
+    cookie: u64,
+    family: u8,
+    netns: u32,
+    new: u8,
+    now: u64,
+    seeding: bool,
+) -> Result<Option<Option<SockEntry>>, u32> {
+    let closing = new == TCP_CLOSE;
+    let Some(entry) = SOCKS.get_ptr_mut(cookie) else {
+        return Ok(None);
+    };
+    // SAFETY: pointer to our own map value; this socket's transitions are
+    // serialised by its lock, so no other event writes this entry now.
+    let entry = unsafe { &mut *entry };
+    if entry.flags != ENTRY_TOMBSTONE {
+        let before = *entry;
+        count(entry.netns, entry.family, entry.state, -1)?;
+        if closing {
+            if seeding {
+                entry.flags = ENTRY_TOMBSTONE;
+            } else {
+                let _ = SOCKS.remove(cookie);
+            }
+        } else {
+            *entry = live_entry(netns, family, new, now);
+            count(netns, family, new, 1)?;
+        }
+        return Ok(Some(Some(before)));
+    }
+    // A tombstone: the socket closed during seeding and is now back
+    // (connect again after a failed connect). Go on as a new socket.
+    if closing {
+        if !seeding {
+            let _ = SOCKS.remove(cookie);
+        }
+    } else {
+        *entry = live_entry(netns, family, new, now);
+        count(netns, family, new, 1)?;
+    }
+    Ok(Some(None))
 }
 
 /// Send the transition to the agent's ring buffer (only while someone

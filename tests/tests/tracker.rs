@@ -717,3 +717,117 @@ fn sockaddr(addr: &SocketAddr) -> Result<libc::sockaddr_in> {
         sin_zero: [0; 8],
     })
 }
+
+/// IPV6_ADDRFORM turns a connected IPv6 socket (to a v4-mapped peer) into
+/// an IPv4 one with no state change, so the tracepoint never sees it. Every
+/// answer after it is either exact and equal to `ss`, or says it is not
+/// exact; then the agent re-seeds and is exact again.
+#[test]
+fn addrform_is_never_answered_as_exact_when_wrong() -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    require_root()?;
+    let ns = Netns::create("nc-addrform")?;
+    let agent = Agent::start_in(Some(&ns), &[])?;
+    let (_listener, client, _server) = ns.run(|| -> Result<_> {
+        // Dual-stack listener; both ends are AF_INET6 with v4-mapped addresses.
+        let listener = TcpListener::bind("[::]:0")?;
+        let port = listener.local_addr()?.port();
+        let client = TcpStream::connect(("::ffff:127.0.0.1", port))?;
+        let (server, _) = listener.accept()?;
+        Ok((listener, client, server))
+    })??;
+    let before = agent.assert_matches_ss(SETTLE)?;
+    ensure!(
+        before.get(Family::Tcp6, State::Established) == 2,
+        "{before:?}"
+    );
+
+    // include/uapi/linux/in6.h: IPV6_ADDRFORM = 1.
+    const IPV6_ADDRFORM: libc::c_int = 1;
+    let af_inet: libc::c_int = libc::AF_INET;
+    // SAFETY: setsockopt on a socket we own, with a valid int.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            IPV6_ADDRFORM,
+            (&raw const af_inet).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "IPV6_ADDRFORM: {}",
+        std::io::Error::last_os_error()
+    );
+    let want = ns.ss_counts()?;
+    ensure!(want.get(Family::Tcp4, State::Established) == 1, "{want:?}");
+
+    let (mut answers, mut said_inexact) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let (got, meta) = agent.counts()?;
+        answers += 1;
+        if meta["exact"] == true {
+            let diff = diff_counts(&got, &want);
+            ensure!(diff.is_empty(), "answered exact but wrong: {diff:?} {meta}");
+        } else {
+            said_inexact += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{answers} answers in 3 s, {said_inexact} said inexact");
+    ensure!(said_inexact > 0, "the moved socket was never reported");
+    agent.assert_matches_ss_after_reseeds(SETTLE)?;
+    ensure!(
+        agent.log().contains("IPV6_ADDRFORM"),
+        "re-seed reason not logged"
+    );
+    drop(client);
+    agent.stop()?;
+    Ok(())
+}
+
+/// `stats --json --no-meta` is the strict drop-in shape: exactly the seven
+/// keys, twelve states each; `--no-meta` without `--json` is a usage error.
+#[test]
+fn stats_json_no_meta_is_exactly_seven_keys() -> Result<()> {
+    require_root()?;
+    let ns = Netns::create("nc-nometa")?;
+    let agent = Agent::start_in(Some(&ns), &[])?;
+    let bin = netconn_bin()?;
+    let out = Command::new(&bin)
+        .args(["stats", "--json", "--no-meta", "--socket"])
+        .arg(agent.socket())
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let keys: Vec<&str> = v
+        .as_object()
+        .context("not an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    ensure!(
+        keys == ["tcp4", "tcp6", "udp4", "udp6", "tcp", "udp", "all"],
+        "{keys:?}"
+    );
+    for (key, states) in v.as_object().context("not an object")? {
+        let states = states.as_object().context("not an object")?;
+        ensure!(states.len() == 12, "{key}: {states:?}");
+        ensure!(states.values().all(|n| n.is_u64()), "{key}: {states:?}");
+    }
+    let with_meta = Command::new(&bin)
+        .args(["stats", "--json", "--socket"])
+        .arg(agent.socket())
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&with_meta.stdout)?;
+    ensure!(v["meta"]["exact"].is_boolean(), "{v}");
+    let bad = Command::new(&bin)
+        .args(["stats", "--no-meta", "--socket"])
+        .arg(agent.socket())
+        .output()?;
+    ensure!(bad.status.code() == Some(2), "{bad:?}");
+    agent.stop()?;
+    Ok(())
+}

@@ -14,7 +14,7 @@ use netconn_common::{
 
 use super::{
     generation::Generation,
-    tracker::{Tracker, TrackerError, Untracked, write_lock},
+    tracker::{Tracker, TrackerError, Untracked, family_moved, write_lock},
 };
 use crate::kernel::{
     self,
@@ -28,6 +28,9 @@ const UNTRACKED_STATES: u32 = (1 << TCP_SYN_RECV) | (1 << TCP_FIN_WAIT2) | (1 <<
 /// Identical disagreement with the kernel's `inuse` counters for this many
 /// refreshes in a row (nothing changing meanwhile) means our counts drifted.
 const DRIFT_ROUNDS: u32 = 4;
+/// The same, when the disagreement is a socket that changed family (see
+/// `tracker::family_moved`): answers already say inexact, so recover fast.
+const MOVED_ROUNDS: u32 = 2;
 /// Re-seeding is not retried more often than this.
 const RESEED_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -110,6 +113,10 @@ impl Tracker {
 struct DriftWatch {
     last: Option<(u64, u64, u64, u64)>,
     rounds: u32,
+    /// Rounds that make this disagreement drift.
+    needed: u32,
+    /// The disagreement is a socket that changed family: why, for the log.
+    moved: Option<String>,
     /// The tracked states at the last disagreement, for the log.
     detail: String,
 }
@@ -135,22 +142,32 @@ impl DriftWatch {
             self.rounds = 1;
             self.last = Some(sample);
         }
+        self.moved = family_moved(&tracked, &stat);
+        self.needed = if self.moved.is_some() {
+            MOVED_ROUNDS
+        } else {
+            DRIFT_ROUNDS
+        };
         self.detail = tracked
             .cells()
             .filter(|&(f, _, n)| f.is_tcp() && n > 0)
             .map(|(f, s, n)| format!("{} {} {n}", f.name(), s.name()))
             .collect::<Vec<_>>()
             .join(", ");
-        (self.rounds >= DRIFT_ROUNDS).then_some(())
+        (self.rounds >= self.needed).then_some(())
     }
 
     fn reason(&self) -> Option<String> {
         let (a, b, c, d) = self.last?;
-        (self.rounds >= DRIFT_ROUNDS).then(|| {
-            format!(
-                "TCP counts differ from the kernel's inuse counters (tcp4 {a} vs {c}, tcp6 {b} vs {d}; tracked: {})",
-                self.detail
-            )
-        })
+        if self.rounds < self.needed {
+            return None;
+        }
+        if let Some(moved) = &self.moved {
+            return Some(moved.clone());
+        }
+        Some(format!(
+            "TCP counts differ from the kernel's inuse counters (tcp4 {a} vs {c}, tcp6 {b} vs {d}; tracked: {})",
+            self.detail
+        ))
     }
 }

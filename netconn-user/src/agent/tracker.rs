@@ -26,7 +26,11 @@ use netconn_common::{
 
 use super::generation::Generation;
 use crate::{
-    kernel::{self, diag, probe::ProbeError},
+    kernel::{
+        self, diag,
+        probe::ProbeError,
+        sockstat::{self, SockStat},
+    },
     proto::{Meta, StatsReply},
 };
 
@@ -177,6 +181,13 @@ impl Tracker {
         let generation = self.current.get();
         let mut inexact = Vec::new();
         let mut counts = self.tracked(&generation, &mut inexact);
+        // Two small /proc reads: the one change the tracepoint cannot show
+        // for a full socket (IPV6_ADDRFORM) must not be answered as exact.
+        if let Ok(stat) = sockstat::read()
+            && let Some(reason) = family_moved(&counts, &stat)
+        {
+            inexact.push(reason);
+        }
         let health = generation.health();
         inexact.extend(health.reasons);
 
@@ -256,6 +267,23 @@ impl Tracker {
     }
 }
 
+/// IPV6_ADDRFORM turns a connected AF_INET6 TCP socket into AF_INET with no
+/// state change, so no event: the kernel's `inuse` counters move it from
+/// TCP6 to TCP while our per-family counts do not. The signature: the same
+/// TCP total, split differently.
+pub(super) fn family_moved(tracked: &Counts, stat: &SockStat) -> Option<String> {
+    let (v4, v6) = (
+        tracked.family_total(Family::Tcp4),
+        tracked.family_total(Family::Tcp6),
+    );
+    (v4 + v6 == stat.tcp4_inuse + stat.tcp6_inuse && v4 != stat.tcp4_inuse).then(|| {
+        format!(
+            "a TCP socket changed family without a state change (IPV6_ADDRFORM?): tracked tcp4/tcp6 {v4}/{v6}, kernel {}/{}",
+            stat.tcp4_inuse, stat.tcp6_inuse
+        )
+    })
+}
+
 pub(super) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -273,6 +301,24 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+
+    #[test]
+    fn a_socket_moved_between_families_is_recognised() {
+        let mut tracked = Counts::default();
+        tracked.set(Family::Tcp4, State::Established, 3);
+        tracked.set(Family::Tcp6, State::Established, 2);
+        let stat = |tcp4_inuse, tcp6_inuse| SockStat {
+            tcp4_inuse,
+            tcp6_inuse,
+            tw: 0,
+            udp4_inuse: 0,
+            udp6_inuse: 0,
+        };
+        assert!(family_moved(&tracked, &stat(3, 2)).is_none());
+        assert!(family_moved(&tracked, &stat(4, 1)).is_some());
+        // Totals that differ are churn (or drift, watched elsewhere).
+        assert!(family_moved(&tracked, &stat(4, 2)).is_none());
+    }
 
     #[derive(Default)]
     struct FakeGeneration {
