@@ -54,7 +54,7 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
         /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream"], default_value = "all")]
+        #[arg(long, value_parser = ["all", "check", "stream", "diag"], default_value = "all")]
         part: String,
     },
 }
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         } => setup_if_needed().and_then(|()| {
             let netconn = build()?;
             let popgen = workspace_root().join("target/release/popgen");
-            if part != "stream" {
+            if part == "all" || part == "check" {
                 bench::run(
                     &popgen,
                     &netconn,
@@ -86,8 +86,18 @@ fn main() -> ExitCode {
                     },
                 )?;
             }
-            if part != "check" {
+            if part == "all" || part == "stream" {
                 bench_stream::run(&popgen, &netconn, stream_seconds)?;
+            }
+            if part == "all" || part == "diag" {
+                say("sock_diag parsing: in place against netlink-packet-sock-diag");
+                status(cargo().args([
+                    "bench",
+                    "--package",
+                    "netconn-user",
+                    "--bench",
+                    "diag_parse",
+                ]))?;
             }
             Ok(())
         }),

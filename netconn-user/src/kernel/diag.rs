@@ -2,7 +2,10 @@
 //!
 //! This is the exact-but-O(n) source of truth: one `SOCK_DIAG_BY_FAMILY` dump
 //! per (protocol, address family), parsed in place without a per-row
-//! allocation so that 200,000+ sockets stay cheap.
+//! allocation so that 200,000+ sockets stay cheap. netlink-packet-sock-diag
+//! builds and sends the request; its message parser (a boxed response with
+//! a Vec of attributes per row) is not used for replies: 199.5 ns/row
+//! against 38.9 ns/row in place, 5.1x (`cargo xtask bench --part diag`).
 //!
 //! The netlink socket is created by the calling thread, so the dump covers
 //! that thread's network namespace (a thread that did `setns`/`unshare` sees
@@ -347,6 +350,79 @@ fn classify(state: u8, timer: u8, attrs: u32) -> Kind {
         Kind::Request
     } else {
         Kind::Full
+    }
+}
+
+/// What `cargo xtask bench --part diag` measures: this module's in-place
+/// parse against netlink-packet-sock-diag's full one, over the same
+/// synthetic datagrams. Not API.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// `rows` SOCK_DIAG_BY_FAMILY messages shaped like a full TCP socket's
+    /// row, then NLMSG_DONE.
+    pub fn datagram(rows: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut push = |kind: u16, payload: &[u8]| {
+            let len = NLMSG_HDRLEN + payload.len();
+            out.extend_from_slice(&(len as u32).to_ne_bytes());
+            out.extend_from_slice(&kind.to_ne_bytes());
+            out.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+            out.extend_from_slice(&1u32.to_ne_bytes());
+            out.extend_from_slice(&0u32.to_ne_bytes());
+            out.extend_from_slice(payload);
+            out.resize(out.len().next_multiple_of(4), 0);
+        };
+        for i in 0..rows {
+            let mut m = vec![AF_INET, 1, 0, 0];
+            m.extend_from_slice(&(1024 + (i % 60000) as u16).to_be_bytes());
+            m.extend_from_slice(&80u16.to_be_bytes());
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            m.extend_from_slice(&addr);
+            m.extend_from_slice(&addr);
+            m.extend_from_slice(&0u32.to_ne_bytes()); // if
+            m.extend_from_slice(&(i as u64).to_ne_bytes()); // cookie
+            for v in [0u32, 0, 0, 1000, i as u32] {
+                // expires, rqueue, wqueue, uid, inode
+                m.extend_from_slice(&v.to_ne_bytes());
+            }
+            // INET_DIAG_SHUTDOWN (u8), INET_DIAG_CGROUP_ID (u64) and
+            // INET_DIAG_SOCKOPT (u16): what a full socket's row carries.
+            for (kind, len) in [(INET_DIAG_SHUTDOWN, 1usize), (21, 8), (22, 2)] {
+                m.extend_from_slice(&(4 + len as u16).to_ne_bytes());
+                m.extend_from_slice(&kind.to_ne_bytes());
+                m.resize(m.len() + len.next_multiple_of(4), 0);
+            }
+            push(SOCK_DIAG_BY_FAMILY, &m);
+        }
+        push(NLMSG_DONE, &0i32.to_ne_bytes());
+        out
+    }
+
+    /// Rows found by this module's parser.
+    pub fn parse_in_place(data: &[u8]) -> usize {
+        let mut rows = 0;
+        let _ = parse_datagram(data, Proto::Tcp, &mut |_: &Row| rows += 1);
+        rows
+    }
+
+    /// Rows found by netlink-packet-core/-sock-diag's message parser.
+    pub fn parse_with_crate(mut data: &[u8]) -> usize {
+        let mut rows = 0;
+        loop {
+            let message = match NetlinkMessage::<SockDiagMessage>::deserialize(data) {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            if message.header.message_type == SOCK_DIAG_BY_FAMILY {
+                rows += 1;
+            }
+            let len = (message.header.length as usize).next_multiple_of(4);
+            data = data.get(len..).unwrap_or_default();
+        }
+        rows
     }
 }
 
