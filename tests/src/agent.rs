@@ -37,6 +37,20 @@ pub fn netconn_bin() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Differences in the cells the eBPF program counts as they change: full TCP
+/// sockets in every state but the three that timewait and request socks
+/// share (TIME_WAIT, FIN_WAIT2, SYN_RECV), which come from the refresh.
+pub fn event_driven_diff(agent: &Counts, ss: &Counts) -> Vec<String> {
+    use netconn_common::State;
+    let refreshed = [State::TimeWait, State::FinWait2, State::SynRecv];
+    agent
+        .cells()
+        .zip(ss.cells())
+        .filter(|((f, s, x), (_, _, y))| f.is_tcp() && !refreshed.contains(s) && x != y)
+        .map(|((f, s, x), (_, _, y))| format!("{} {}: agent {x}, ss {y}", f.name(), s.name()))
+        .collect()
+}
+
 /// A fresh socket path for one agent.
 pub fn socket_path() -> PathBuf {
     PathBuf::from(format!(
@@ -172,6 +186,13 @@ impl Agent {
                 let diff = diff_counts(&agent, &after);
                 if diff.is_empty() && exact {
                     return Ok(after);
+                }
+                // With ss the same before and after the query, the states the
+                // tracepoint counts (event-driven, no refresh lag) must match
+                // whenever the agent says exact: an exact answer is never wrong.
+                let wrong = event_driven_diff(&agent, &after);
+                if exact && !wrong.is_empty() {
+                    bail!("the agent answered exact but wrong: {wrong:?}; meta: {meta}");
                 }
                 format!("differences: {diff:?}; meta: {meta}")
             } else {
