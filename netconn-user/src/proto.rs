@@ -32,6 +32,13 @@ pub struct Request {
     /// `watch` only: send leak alerts instead of transitions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alerts: bool,
+    /// `stats`: the namespace to count, by name, inode or pid (the agent's
+    /// own when absent). See [`NetnsSelector`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// `stats`: every namespace ([`NamespacesReply`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_netns: bool,
 }
 
 impl Request {
@@ -40,14 +47,58 @@ impl Request {
             cmd,
             filter: Filter::default(),
             alerts: false,
+            netns: None,
+            all_netns: false,
         }
     }
 
     pub fn watch(filter: Filter, alerts: bool) -> Request {
         Request {
-            cmd: Command::Watch,
             filter,
             alerts,
+            ..Request::new(Command::Watch)
+        }
+    }
+
+    pub fn stats(netns: Option<String>) -> Request {
+        Request {
+            netns,
+            ..Request::new(Command::Stats)
+        }
+    }
+
+    pub fn stats_all() -> Request {
+        Request {
+            all_netns: true,
+            ..Request::new(Command::Stats)
+        }
+    }
+}
+
+/// How a client names a namespace: a name the agent gave it (`host`, an
+/// `ip netns` name, `docker:0123456789ab`, ...), a container id (or its
+/// first 12 digits), an inode number, or a pid of a process inside. Numbers
+/// above the kernel's largest pid (2^22) are inodes: namespace inodes start
+/// near 2^32. Paths are turned into inodes by the client, which sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsSelector {
+    Inode(u32),
+    Pid(u32),
+    Name(String),
+}
+
+/// PID_MAX_LIMIT (include/linux/threads.h) on 64-bit.
+const PID_MAX_LIMIT: u64 = 1 << 22;
+
+impl NetnsSelector {
+    pub fn parse(text: &str) -> NetnsSelector {
+        match text.parse::<u64>() {
+            Ok(n) if n > PID_MAX_LIMIT => match u32::try_from(n) {
+                Ok(inode) => NetnsSelector::Inode(inode),
+                Err(_) => NetnsSelector::Name(text.to_string()),
+            },
+            Ok(n) => NetnsSelector::Pid(n as u32),
+            Err(_) => NetnsSelector::Name(text.to_string()),
         }
     }
 }
@@ -79,8 +130,13 @@ pub struct Filter {
     /// State names as in the stats JSON; matches old or new.
     #[serde(default)]
     pub state: Vec<String>,
+    /// Namespaces by inode.
     #[serde(default)]
     pub netns: Vec<u32>,
+    /// Namespaces by name, container id or pid (see [`NetnsSelector`]);
+    /// the agent turns them into inodes when the watcher connects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netns_name: Vec<String>,
 }
 
 impl Filter {
@@ -110,12 +166,54 @@ pub struct StatsReply {
     pub meta: Meta,
 }
 
+/// Reply to `stats` with `all_netns`: one entry per namespace the agent
+/// tracks, then the agent-wide `meta` (its `netns` is the agent's own).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamespacesReply {
+    pub namespaces: Vec<NamespaceCounts>,
+    pub meta: Meta,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamespaceCounts {
+    /// Inode number.
+    pub netns: u32,
+    pub name: String,
+    pub container: Option<Container>,
+    /// A process inside, when there is one.
+    pub pid: Option<u32>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub exact: bool,
+    /// Why not exact (left out when exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inexact: Vec<String>,
+}
+
+/// The container a namespace belongs to, from a member's cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// docker, containerd, cri-o, podman, systemd-nspawn or kubernetes.
+    pub runtime: String,
+    /// Container id (64 hex digits), machine name, or pod UID.
+    pub id: String,
+    /// Kubernetes pod UID, when the container is in a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
 /// How an answer came about, and whether it is exact.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Meta {
     pub version: String,
     /// Inode of the namespace counted.
     pub netns: u32,
+    /// Its name (`host`, an `ip netns` name, a container, `pid N (comm)`).
+    #[serde(default)]
+    pub netns_name: String,
+    /// Namespaces the agent tracks.
+    #[serde(default)]
+    pub namespaces: usize,
     /// When the current kernel-side generation was seeded (RFC 3339).
     pub seeded_at: String,
     /// Age of the refreshed part (TIME_WAIT, orphan FIN_WAIT2, request
@@ -198,6 +296,9 @@ pub struct Dropped {
 pub struct Transition {
     pub time: String,
     pub netns: u32,
+    /// The namespace's name, when the agent knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<String>,
     pub family: String,
     pub laddr: String,
     pub lport: u16,
@@ -395,6 +496,23 @@ mod tests {
         assert_eq!(v["all"].as_object().unwrap().len(), 12);
         let back: StatsReply = serde_json::from_value(v).unwrap();
         assert_eq!(back.counts, counts);
+    }
+
+    #[test]
+    fn netns_selectors_tell_inodes_from_pids() {
+        assert_eq!(
+            NetnsSelector::parse("4026531840"),
+            NetnsSelector::Inode(4026531840)
+        );
+        assert_eq!(NetnsSelector::parse("1234"), NetnsSelector::Pid(1234));
+        assert_eq!(
+            NetnsSelector::parse("blue"),
+            NetnsSelector::Name("blue".into())
+        );
+        assert_eq!(
+            NetnsSelector::parse("99999999999"),
+            NetnsSelector::Name("99999999999".into())
+        );
     }
 
     #[test]

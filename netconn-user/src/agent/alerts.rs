@@ -42,7 +42,14 @@ pub fn run(tracker: &Tracker, hub: &Hub, active: &ActiveAlerts, rules: Vec<Rule>
     let mut detector = Detector::new(rules);
     while !tracker.stopped() {
         let started = Instant::now();
-        let counts = tracker.snapshot().counts;
+        let counts = match tracker.snapshot(None) {
+            Ok(reply) => reply.counts,
+            Err(e) => {
+                log::error!("leak check: {e}");
+                std::thread::sleep(TICK);
+                continue;
+            }
+        };
         let wanted = detector.states_needing_sockets(&counts);
         let sockets = match sockets_in(tracker, &wanted) {
             Ok(s) => s,

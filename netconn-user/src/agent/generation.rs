@@ -1,9 +1,15 @@
 //! One generation: a loaded and attached program, its maps, and the sockets
-//! the agent seeded into them. Seeding follows the scheme in KERNEL-NOTES:
-//! attach first, then insert every dumped full TCP socket with NOEXIST so
-//! the kernel's own view wins; tombstones stop stale dump rows.
+//! the agent seeded into them, namespace by namespace. Seeding follows the
+//! scheme in KERNEL-NOTES: attach first, then insert every dumped full TCP
+//! socket with NOEXIST so the kernel's own view wins; tombstones stop stale
+//! dump rows. A namespace is dumped from a thread inside it.
 
-use std::time::{Instant, SystemTime};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Mutex,
+    time::{Instant, SystemTime},
+};
 
 use netconn_common::{
     ENTRY_SEEDED, FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL,
@@ -15,6 +21,7 @@ use crate::{
     kernel::{
         self,
         diag::{self, ALL_STATES, Kind, Proto},
+        netns,
         probe::{Insert, Probe, ProbeError},
     },
     proto::SeedReport,
@@ -22,11 +29,22 @@ use crate::{
 
 pub(super) struct Generation {
     pub probe: Probe,
-    /// Sockets inserted by the agent's seed, per NsCounts slot, for the
-    /// agent's namespace; the kernel's deltas are added on top.
-    pub seed_base: [i64; 2 * STATE_SLOTS],
+    /// Sockets the agent seeded, per namespace inode and NsCounts slot; the
+    /// kernel's deltas are added on top. Entries outlive their namespace on
+    /// purpose: a dead namespace's kernel deltas net to zero against its
+    /// base (its sockets all closed, each with an event), so a new namespace
+    /// that reuses the inode inherits nothing.
+    seed_base: Mutex<HashMap<u32, [i64; 2 * STATE_SLOTS]>>,
     pub seeded_at: SystemTime,
-    pub report: SeedReport,
+    /// What seeding did, over all namespaces.
+    report: Mutex<SeedReport>,
+}
+
+/// Where a namespace is, for seeding it.
+pub(super) struct SeedTarget<'a> {
+    pub inode: u32,
+    /// None: the agent's own namespace (dumped from the calling thread).
+    pub path: Option<&'a Path>,
 }
 
 /// What [`Generation::health`] found, read once per query.
@@ -38,12 +56,12 @@ pub(super) struct Health {
 }
 
 impl Generation {
-    /// Attach a fresh program, then seed every full TCP socket of `netns`.
+    /// Attach a fresh program. It counts every namespace at once; seeding
+    /// (on until [`Generation::end_seeding`]) adds what existed before.
     /// The stream switch starts off; the tracker sets it when it installs
     /// the generation (see `tracker::Current::install`).
-    pub fn build(config: &Config, netns: u32) -> Result<Generation, TrackerError> {
+    pub fn attach(config: &Config) -> Result<Generation, TrackerError> {
         let (max_sockets, ring_bytes) = (config.max_sockets, config.ring_bytes);
-        let started = Instant::now();
         // A nested event in the microseconds between the two attaches is
         // lost; attaching again is cheaper than seeding an inexact generation.
         let mut probe = Probe::attach(max_sockets, ring_bytes)?;
@@ -58,63 +76,107 @@ impl Generation {
             drop(probe);
             probe = Probe::attach(max_sockets, ring_bytes)?;
         }
-        let now = kernel::boot_ns();
-        let mut report = SeedReport::default();
-        let mut seed_base = [0i64; 2 * STATE_SLOTS];
-        let mut failure: Option<ProbeError> = None;
-        for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
-            diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
-                if row.kind != Kind::Full || failure.is_some() {
-                    return;
-                }
-                report.dumped += 1;
-                let entry = SockEntry {
-                    since_ns: now,
-                    netns,
-                    state: row.state,
-                    family,
-                    flags: ENTRY_SEEDED,
-                    _pad: 0,
-                };
-                match probe.seed(row.cookie, &entry) {
-                    Ok(Insert::Inserted) => {
-                        report.inserted += 1;
-                        seed_base[slot(family, row.state)] += 1;
-                    }
-                    Ok(Insert::Exists) => report.already_known += 1,
-                    Ok(Insert::Full) => report.map_full += 1,
-                    Err(e) => failure = Some(e),
-                }
-            })?;
-        }
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        probe.set_seeding(false)?;
-        report.tombstones_removed = probe.remove_tombstones()? as u64;
-        report.millis = millis(started.elapsed());
-        log::info!(
-            "seeded: {} full TCP sockets dumped, {} inserted, {} already seen by the kernel, {} map full, {} tombstones, {:.1} ms",
-            report.dumped,
-            report.inserted,
-            report.already_known,
-            report.map_full,
-            report.tombstones_removed,
-            report.millis
-        );
         Ok(Generation {
             probe,
-            seed_base,
+            seed_base: Mutex::new(HashMap::new()),
             seeded_at: SystemTime::now(),
-            report,
+            report: Mutex::new(SeedReport::default()),
         })
+    }
+
+    /// Closes leave tombstones from now on, so a stale dump row cannot
+    /// bring a closed socket back while namespaces are being seeded.
+    pub fn begin_seeding(&self) -> Result<(), TrackerError> {
+        Ok(self.probe.set_seeding(true)?)
+    }
+
+    /// Seeding done: closes remove entries again; drop the tombstones.
+    pub fn end_seeding(&self) -> Result<(), TrackerError> {
+        self.probe.set_seeding(false)?;
+        let removed = self.probe.remove_tombstones()? as u64;
+        lock(&self.report).tombstones_removed += removed;
+        Ok(())
+    }
+
+    /// Insert every full TCP socket of one namespace (between
+    /// [`Generation::begin_seeding`] and [`Generation::end_seeding`]):
+    /// with NOEXIST, so an entry the kernel made first wins.
+    pub fn seed(&self, target: &SeedTarget) -> Result<SeedReport, TrackerError> {
+        let started = Instant::now();
+        let inode = target.inode;
+        let dump_all = || -> Result<(SeedReport, [i64; 2 * STATE_SLOTS]), TrackerError> {
+            let now = kernel::boot_ns();
+            let mut report = SeedReport::default();
+            let mut base = [0i64; 2 * STATE_SLOTS];
+            let mut failure: Option<ProbeError> = None;
+            for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
+                diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
+                    if row.kind != Kind::Full || failure.is_some() {
+                        return;
+                    }
+                    report.dumped += 1;
+                    let entry = SockEntry {
+                        since_ns: now,
+                        netns: inode,
+                        state: row.state,
+                        family,
+                        flags: ENTRY_SEEDED,
+                        _pad: 0,
+                    };
+                    match self.probe.seed(row.cookie, &entry) {
+                        Ok(Insert::Inserted) => {
+                            report.inserted += 1;
+                            base[slot(family, row.state)] += 1;
+                        }
+                        Ok(Insert::Exists) => report.already_known += 1,
+                        Ok(Insert::Full) => report.map_full += 1,
+                        Err(e) => failure = Some(e),
+                    }
+                })?;
+            }
+            match failure {
+                Some(e) => Err(e.into()),
+                None => Ok((report, base)),
+            }
+        };
+        let (mut report, base) = match target.path {
+            None => dump_all()?,
+            Some(path) => netns::run_in(path, dump_all)??,
+        };
+        {
+            let mut bases = lock(&self.seed_base);
+            let cell = bases.entry(inode).or_insert([0; 2 * STATE_SLOTS]);
+            for (c, b) in cell.iter_mut().zip(base) {
+                *c += b;
+            }
+        }
+        report.millis = millis(started.elapsed());
+        let mut total = lock(&self.report);
+        total.dumped += report.dumped;
+        total.inserted += report.inserted;
+        total.already_known += report.already_known;
+        total.map_full += report.map_full;
+        total.millis += report.millis;
+        Ok(report)
+    }
+
+    /// The seeded base of one namespace (zeros if never seeded).
+    pub fn seed_base(&self, inode: u32) -> [i64; 2 * STATE_SLOTS] {
+        lock(&self.seed_base)
+            .get(&inode)
+            .copied()
+            .unwrap_or([0; 2 * STATE_SLOTS])
+    }
+
+    pub fn report(&self) -> SeedReport {
+        lock(&self.report).clone()
     }
 
     /// Reasons the kernel-side counts cannot be trusted right now.
     pub fn health(&self) -> Health {
         let mut reasons = Vec::new();
         let stats = self.probe.stats();
-        if stats[STAT_SOCKS_FULL as usize] > 0 || self.report.map_full > 0 {
+        if stats[STAT_SOCKS_FULL as usize] > 0 || lock(&self.report).map_full > 0 {
             reasons.push(format!(
                 "per-socket map full ({} sockets max, --max-sockets)",
                 self.probe.max_sockets()
@@ -152,6 +214,10 @@ impl Generation {
             nested_handled: stats[STAT_BACKUP_HANDLED as usize],
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl super::tracker::StreamSwitch for Generation {

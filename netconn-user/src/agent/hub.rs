@@ -5,6 +5,7 @@
 //! overflows. Nothing on this path ever waits for a watcher.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     sync::{
@@ -167,13 +168,33 @@ pub fn run_stream(tracker: &Tracker, hub: &Hub) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
+        let mut names = Names::default();
         pump(
             ring,
             hub,
             || source.dropped_total(),
             || !tracker.stopped() && tracker.is_current(&source),
+            |cache: &mut Names| {
+                let version = tracker.names_version();
+                if cache.version != Some(version) {
+                    let (version, names) = tracker.names();
+                    cache.version = Some(version);
+                    cache.json = names
+                        .into_iter()
+                        .map(|(inode, name)| (inode, serde_json::Value::from(name).to_string()))
+                        .collect();
+                }
+            },
+            &mut names,
         );
     }
+}
+
+/// Namespace names as JSON strings, by inode, as of a tracker version.
+#[derive(Default)]
+struct Names {
+    version: Option<u64>,
+    json: HashMap<u32, String>,
 }
 
 /// Read the ring buffer until `keep_going` says stop, publishing to `hub`.
@@ -183,6 +204,8 @@ fn pump(
     hub: &Hub,
     dropped_total: impl Fn() -> u64,
     keep_going: impl Fn() -> bool,
+    update_names: impl Fn(&mut Names),
+    names: &mut Names,
 ) {
     let fd = ring.as_raw_fd();
     let mut batch: Vec<(StateEvent, Arc<str>)> = Vec::with_capacity(1024);
@@ -199,6 +222,7 @@ fn pump(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
         let clock = Clock::now();
+        update_names(names);
         loop {
             batch.clear();
             while batch.len() < batch.capacity() {
@@ -209,7 +233,7 @@ fn pump(
                 // SAFETY: the kernel wrote a StateEvent; read unaligned.
                 let event: StateEvent =
                     unsafe { std::ptr::read_unaligned(item.as_ptr() as *const StateEvent) };
-                let line = render(&event, &clock);
+                let line = render(&event, &clock, names.json.get(&event.netns));
                 batch.push((event, Arc::from(line)));
             }
             if batch.is_empty() {
@@ -248,7 +272,7 @@ impl Clock {
 /// One JSON line with the documented field names (see README). Written by
 /// hand rather than through serde_json::Value: this runs for every event
 /// and the allocations of a Value tree would dominate its cost.
-fn render(e: &StateEvent, clock: &Clock) -> String {
+fn render(e: &StateEvent, clock: &Clock, netns_name: Option<&String>) -> String {
     use std::fmt::Write as _;
     let (laddr, raddr) = if e.family == FAMILY_INET {
         let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
@@ -278,6 +302,9 @@ fn render(e: &StateEvent, clock: &Clock) -> String {
         // Milliseconds with microsecond resolution; 0 when first seen.
         (e.in_state_ns / 1000) as f64 / 1000.0,
     );
+    if let Some(name) = netns_name {
+        let _ = write!(out, r#","netns_name":{name}"#);
+    }
     if e.flags & EVENT_OWNER != 0 {
         let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
         let comm = String::from_utf8_lossy(&e.comm[..end]);
@@ -331,10 +358,12 @@ mod tests {
         };
         let mut e = event();
         e.ts_ns = 4_000_000;
-        let line = render(&e, &clock);
+        let name = serde_json::Value::from("blue \"ns\"").to_string();
+        let line = render(&e, &clock, Some(&name));
         // The hand-written line is the protocol's typed Transition.
         let typed: crate::proto::Transition = serde_json::from_str(&line).unwrap();
         assert_eq!((typed.lport, typed.pid), (8080, Some(7)));
+        assert_eq!(typed.netns_name.as_deref(), Some("blue \"ns\""));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "1970-01-12T13:46:39.999000Z");
         assert_eq!(v["family"], "tcp4");
@@ -349,14 +378,14 @@ mod tests {
         assert_eq!(v["pid"], 7);
         assert_eq!(v["comm"], "curl");
         e.comm[..6].copy_from_slice(b"a\"b\\c\n");
-        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock, None)).unwrap();
         assert_eq!(v["comm"], "a\"b\\c\n");
         e.flags = EVENT_FIRST_SEEN;
         e.family = netconn_common::FAMILY_INET6;
         e.saddr = [0; 16];
         e.saddr[15] = 1;
         e.in_state_ns = 0;
-        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&render(&e, &clock, None)).unwrap();
         assert_eq!(v["laddr"], "::1");
         assert_eq!(v["family"], "tcp6");
         assert_eq!(v["ms"], 0.0);
@@ -400,7 +429,7 @@ mod tests {
         let (slow, _) = hub.subscribe(Filter::default(), true, false);
         let clock = Clock::now();
         let e = event();
-        let line: Arc<str> = Arc::from(render(&e, &clock));
+        let line: Arc<str> = Arc::from(render(&e, &clock, None));
         let batch: Vec<_> = (0..WATCHER_QUEUE + 10)
             .map(|_| (e, Arc::clone(&line)))
             .collect();

@@ -1,8 +1,9 @@
 //! The long-running agent: wiring of its pieces, and nothing else.
 //!
-//! * `tracker` stores the counts and says whether they are exact;
-//!   `generation` loads, attaches and seeds one kernel-side generation;
-//!   `refresh` keeps the untracked part current and re-seeds on trouble;
+//! * `tracker` stores the counts per network namespace and says whether
+//!   they are exact; `generation` loads, attaches and seeds one kernel-side
+//!   generation; `refresh` finds namespaces (named by `naming`), keeps their
+//!   untracked part current and re-seeds on trouble;
 //! * `hub` fans the kernel's transitions out to watchers;
 //! * `alerts` runs the leak rules of `leaks`;
 //! * `server` answers on the Unix socket.
@@ -14,6 +15,7 @@ mod alerts;
 mod generation;
 mod hub;
 pub mod leaks;
+mod naming;
 mod refresh;
 mod server;
 mod tracker;

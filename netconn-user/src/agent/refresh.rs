@@ -1,8 +1,10 @@
-//! Keeping the answer current: re-read what the tracepoint never shows,
-//! watch for drift against the kernel's own counters, and re-seed a fresh
-//! generation when the counts cannot be trusted.
+//! Keeping the answer current: find namespaces and seed them, forget the
+//! ones that are gone, re-read what the tracepoint never shows, watch for
+//! drift against the kernel's own counters, and re-seed a fresh generation
+//! when the counts cannot be trusted.
 
 use std::{
+    collections::{BTreeMap, HashMap, HashSet},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -14,12 +16,17 @@ use netconn_common::{
 
 use super::{
     generation::Generation,
-    tracker::{Tracker, TrackerError, Untracked, family_moved, write_lock},
+    naming,
+    tracker::{
+        Namespace, Tracker, TrackerError, Untracked, family_moved, read_lock, sockstat_of,
+        write_lock,
+    },
 };
 use crate::kernel::{
     self,
     diag::{self, ALL_STATES, Kind, Proto},
-    sockstat,
+    netns::{self, NetnsError},
+    sockstat::SockStat,
 };
 
 /// The dump that finds what the tracepoint never reports: timewait socks
@@ -33,67 +40,265 @@ const DRIFT_ROUNDS: u32 = 4;
 const MOVED_ROUNDS: u32 = 2;
 /// Re-seeding is not retried more often than this.
 const RESEED_BACKOFF: Duration = Duration::from_secs(10);
+/// How often /proc and /run/netns are scanned for namespaces that no kernel
+/// event announced (UDP-only ones) and for namespaces that are gone.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What the maintenance loop remembers about one namespace between passes.
+#[derive(Default)]
+struct Watch {
+    /// The kernel's counters when the refreshed part was last dumped.
+    dumped_at: Option<SockStat>,
+    /// The last dump found request socks or orphan FIN_WAIT2 timewait
+    /// socks, which change without moving any counter: dump again.
+    transient: bool,
+    drift: DriftWatch,
+}
+
+/// One refresh of a namespace's untracked part.
+struct Dumped {
+    counts: Counts,
+    transient: bool,
+}
 
 impl Tracker {
-    /// Re-read what the tracepoint cannot see. Cost: one sock_diag dump of
-    /// the TIME_WAIT/FIN_WAIT2/SYN_RECV TCP sockets and one of all UDP
-    /// sockets, linear in their number (measured in the README).
-    pub(super) fn refresh(&self) -> Result<(), TrackerError> {
-        let taken_at = Instant::now();
-        let mut counts = Counts::default();
-        for af in [diag::AF_INET, diag::AF_INET6] {
-            diag::dump(Proto::Tcp, af, UNTRACKED_STATES, |row| {
-                if row.kind != Kind::Full {
-                    counts.add(row.family, State::from_kernel(row.state), 1);
-                }
-            })?;
-            diag::dump(Proto::Udp, af, ALL_STATES, |row| {
-                counts.add(row.family, State::from_kernel(row.state), 1);
-            })?;
+    /// Scan for namespaces; add and seed new ones, forget vanished ones.
+    /// Returns the inodes added.
+    pub(super) fn discover_and_seed(
+        &self,
+        generation: &Generation,
+    ) -> Result<Vec<u32>, TrackerError> {
+        let found = netns::scan();
+        let own = self.netns();
+        let known: HashSet<u32> = read_lock(&self.namespaces).keys().copied().collect();
+        let present: HashSet<u32> = found.iter().map(|f| f.inode).collect();
+        let limited = read_lock(&self.limited).is_some();
+        let mut fresh = Vec::new();
+        for f in &found {
+            if known.contains(&f.inode) || (limited && f.inode != own) {
+                continue;
+            }
+            let (name, container) = naming::describe(f, self.host);
+            fresh.push(Namespace {
+                inode: f.inode,
+                name,
+                container,
+                pid: f.pid,
+                path: (f.inode != own).then(|| f.path.clone()),
+                untracked: None,
+                drift: None,
+            });
         }
-        let untracked = Untracked {
-            counts,
-            taken_at,
-            took: taken_at.elapsed(),
-        };
-        *write_lock(&self.untracked) = Some(untracked);
-        Ok(())
+        if !known.contains(&own) && !fresh.iter().any(|n| n.inode == own) {
+            // Not found by the scan (no readable /proc?): still ours.
+            let (name, container) = naming::describe(
+                &netns::Found {
+                    inode: own,
+                    pid: Some(std::process::id()),
+                    ip_name: None,
+                    path: "/proc/self/ns/net".into(),
+                },
+                self.host,
+            );
+            fresh.push(Namespace {
+                inode: own,
+                name,
+                container,
+                pid: Some(std::process::id()),
+                path: None,
+                untracked: None,
+                drift: None,
+            });
+        }
+        let gone: Vec<u32> = known
+            .iter()
+            .copied()
+            .filter(|i| *i != own && !present.contains(i))
+            .collect();
+        if !gone.is_empty() {
+            let mut namespaces = write_lock(&self.namespaces);
+            for inode in &gone {
+                if let Some(ns) = namespaces.remove(inode) {
+                    log::info!("network namespace {} ({inode}) is gone", ns.name);
+                }
+            }
+            self.names_version.fetch_add(1, Ordering::Relaxed);
+        }
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let added = self.seed_namespaces(generation, fresh)?;
+        self.names_version.fetch_add(1, Ordering::Relaxed);
+        Ok(added)
     }
 
-    /// The agent's maintenance loop: refresh, check health, re-seed when
-    /// needed. Runs until [`Tracker::stop`].
+    /// Seed `fresh` namespaces into `generation` and start tracking them.
+    fn seed_namespaces(
+        &self,
+        generation: &Generation,
+        fresh: Vec<Namespace>,
+    ) -> Result<Vec<u32>, TrackerError> {
+        generation.begin_seeding()?;
+        let mut added = Vec::new();
+        let mut denied = None;
+        for ns in fresh {
+            match generation.seed(&ns.seed_target()) {
+                Ok(report) => {
+                    log::info!(
+                        "namespace {} ({}): seeded {} full TCP sockets ({} inserted) in {:.1} ms",
+                        ns.name,
+                        ns.inode,
+                        report.dumped,
+                        report.inserted,
+                        report.millis
+                    );
+                    added.push(ns.inode);
+                    write_lock(&self.namespaces).insert(ns.inode, ns);
+                }
+                Err(TrackerError::Namespace(NetnsError::Enter(path, e)))
+                    if e.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    denied = Some(format!(
+                        "cannot enter other network namespaces ({}: {e}): tracking only the agent's own; run with CAP_SYS_ADMIN to count every namespace",
+                        path.display()
+                    ));
+                }
+                // Gone between the scan and the seed: the next scan decides.
+                Err(TrackerError::Namespace(e)) => log::debug!("{e}"),
+                Err(e) => {
+                    let _ = generation.end_seeding();
+                    return Err(e);
+                }
+            }
+        }
+        generation.end_seeding()?;
+        if let Some(reason) = denied {
+            log::warn!("{reason}");
+            *write_lock(&self.limited) = Some(reason);
+        }
+        Ok(added)
+    }
+
+    /// Refresh every namespace once (start-up).
+    pub(super) fn refresh_all(&self) {
+        let mut watches = HashMap::new();
+        self.refresh_pass(&mut watches);
+    }
+
+    /// One pass: for each namespace, read the kernel's O(1) counters and
+    /// re-dump its untracked part only if something it depends on may have
+    /// changed; otherwise the part stands confirmed as of now.
+    fn refresh_pass(&self, watches: &mut HashMap<u32, Watch>) -> Option<String> {
+        let generation = self.current.get();
+        let targets: Vec<(u32, Option<std::path::PathBuf>, Option<u32>)> =
+            read_lock(&self.namespaces)
+                .values()
+                .map(|n| (n.inode, n.path.clone(), n.pid))
+                .collect();
+        watches.retain(|inode, _| targets.iter().any(|t| t.0 == *inode));
+        let mut drifted = None;
+        for (inode, path, pid) in targets {
+            let started = Instant::now();
+            let stat = sockstat_of(inode, pid, path.as_deref());
+            let watch = watches.entry(inode).or_default();
+            let has_part = read_lock(&self.namespaces)
+                .get(&inode)
+                .is_some_and(|n| n.untracked.is_some());
+            let unchanged = has_part
+                && !watch.transient
+                && stat.is_some()
+                && stat == watch.dumped_at
+                && is_quiet(stat.as_ref());
+            let untracked = if unchanged {
+                None
+            } else {
+                let dumped = match &path {
+                    None => dump_untracked().map_err(|e| e.to_string()),
+                    Some(p) => netns::run_in(p, dump_untracked)
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                };
+                match dumped {
+                    Ok(d) => {
+                        watch.transient = d.transient;
+                        watch.dumped_at = stat;
+                        Some(d.counts)
+                    }
+                    Err(e) => {
+                        log::debug!("refresh of namespace {inode}: {e}");
+                        continue;
+                    }
+                }
+            };
+            let tracked = self.tracked(&generation, inode, &mut Vec::new());
+            let drift = stat.and_then(|stat| {
+                watch.drift.check(&tracked, &stat)?;
+                watch.drift.reason()
+            });
+            if let Some(reason) = &drift
+                && drifted.is_none()
+            {
+                drifted = Some(reason.clone());
+            }
+            let mut namespaces = write_lock(&self.namespaces);
+            let Some(ns) = namespaces.get_mut(&inode) else {
+                continue;
+            };
+            ns.drift = drift;
+            match (untracked, ns.untracked.as_mut()) {
+                (Some(counts), _) => {
+                    ns.untracked = Some(Untracked {
+                        counts,
+                        verified_at: started,
+                        took: started.elapsed(),
+                    });
+                }
+                (None, Some(part)) => part.verified_at = started,
+                (None, None) => {}
+            }
+        }
+        drifted
+    }
+
+    /// The agent's maintenance loop: find namespaces, refresh, check
+    /// health, re-seed when needed. Runs until [`Tracker::stop`].
     pub fn run_maintenance(&self) {
-        let mut drift = DriftWatch::default();
+        let mut watches: HashMap<u32, Watch> = HashMap::new();
         let mut last_reseed: Option<Instant> = None;
+        let mut last_scan = Instant::now();
+        let mut known_kernel: BTreeMap<u32, ()> = BTreeMap::new();
         while !self.stopped() {
             let started = Instant::now();
-            if let Err(e) = self.refresh() {
-                log::error!("refresh failed: {e}");
+            let generation = self.current.get();
+            // A kernel event from a namespace we do not track yet, or time
+            // for the periodic scan: look for new and vanished namespaces.
+            let kernel_seen = generation.probe.namespaces();
+            let tracked = read_lock(&self.namespaces);
+            let unknown = kernel_seen
+                .iter()
+                .any(|i| !tracked.contains_key(i) && !known_kernel.contains_key(i));
+            drop(tracked);
+            if unknown || last_scan.elapsed() >= SCAN_EVERY {
+                last_scan = Instant::now();
+                if let Err(e) = self.discover_and_seed(&generation) {
+                    log::error!("seeding new namespaces failed: {e}");
+                }
+                // Namespaces the kernel saw that the scan cannot find (no
+                // process, no bind mount left) are not looked for again.
+                known_kernel = kernel_seen.into_iter().map(|i| (i, ())).collect();
             }
-            let reason = self
-                .current
-                .get()
-                .health()
-                .reasons
-                .into_iter()
-                .next()
-                .or_else(|| drift.check(self).and_then(|()| drift.reason()));
-            *write_lock(&self.drift) = drift.reason();
+            let drifted = self.refresh_pass(&mut watches);
+            let reason = generation.health().reasons.into_iter().next().or(drifted);
             if let Some(reason) = reason {
-                let generation = self.current.get();
                 let room = generation.probe.tracked_total()
                     < i64::from(generation.probe.max_sockets()) * 9 / 10;
                 let backoff_over = last_reseed.is_none_or(|t| t.elapsed() > RESEED_BACKOFF);
                 if room && backoff_over {
                     log::warn!("counts inexact ({reason}); re-seeding");
                     last_reseed = Some(Instant::now());
-                    match Generation::build(&self.config, self.netns()) {
-                        Ok(fresh) => {
-                            log::info!("re-seeded: {:?}", fresh.report);
-                            self.current.install(fresh);
-                            self.reseeds.fetch_add(1, Ordering::Relaxed);
-                            drift = DriftWatch::default();
-                            *write_lock(&self.drift) = None;
+                    match self.reseed() {
+                        Ok(()) => {
+                            watches.clear();
                             kernel::release_freed_memory();
                         }
                         Err(e) => log::error!("re-seed failed: {e}"),
@@ -104,11 +309,69 @@ impl Tracker {
             std::thread::sleep(self.config.refresh.saturating_sub(spent));
         }
     }
+
+    /// Attach a fresh generation beside the current one, seed every tracked
+    /// namespace into it, and swap it in.
+    fn reseed(&self) -> Result<(), TrackerError> {
+        let fresh = Generation::attach(&self.config)?;
+        fresh.begin_seeding()?;
+        let targets: Vec<(u32, Option<std::path::PathBuf>)> = read_lock(&self.namespaces)
+            .values()
+            .map(|n| (n.inode, n.path.clone()))
+            .collect();
+        for (inode, path) in targets {
+            let target = super::generation::SeedTarget {
+                inode,
+                path: path.as_deref(),
+            };
+            match fresh.seed(&target) {
+                Ok(_) | Err(TrackerError::Namespace(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fresh.end_seeding()?;
+        log::info!("re-seeded: {:?}", fresh.report());
+        self.current.install(fresh);
+        self.reseeds.fetch_add(1, Ordering::Relaxed);
+        for ns in write_lock(&self.namespaces).values_mut() {
+            ns.drift = None;
+        }
+        Ok(())
+    }
 }
 
-/// Compares our full-socket TCP totals with the kernel's per-namespace
-/// `inuse` counters. Under churn they differ from moment to moment, so only
-/// the same disagreement over several quiet refreshes counts as drift.
+/// Whether a namespace's untracked part can be trusted without a dump while
+/// the counters stay as they were: only when it has nothing that can change
+/// silently. Listeners (request socks appear without moving a counter) and
+/// UDP sockets (connect changes state without one) need a dump each pass.
+fn is_quiet(stat: Option<&SockStat>) -> bool {
+    stat.is_some_and(|s| s.tcp4_inuse + s.tcp6_inuse + s.udp4_inuse + s.udp6_inuse == 0)
+}
+
+/// Dump the calling thread's namespace's untracked part. Cost: one
+/// sock_diag dump of the TIME_WAIT/FIN_WAIT2/SYN_RECV TCP sockets and one of
+/// all UDP sockets per address family, linear in those sockets.
+fn dump_untracked() -> Result<Dumped, diag::DiagError> {
+    let mut counts = Counts::default();
+    let mut transient = false;
+    for af in [diag::AF_INET, diag::AF_INET6] {
+        diag::dump(Proto::Tcp, af, UNTRACKED_STATES, |row| {
+            if row.kind != Kind::Full {
+                let state = State::from_kernel(row.state);
+                transient |= row.kind == Kind::Request || state == State::FinWait2;
+                counts.add(row.family, state, 1);
+            }
+        })?;
+        diag::dump(Proto::Udp, af, ALL_STATES, |row| {
+            counts.add(row.family, State::from_kernel(row.state), 1);
+        })?;
+    }
+    Ok(Dumped { counts, transient })
+}
+
+/// Compares a namespace's full-socket TCP totals with the kernel's `inuse`
+/// counters. Under churn they differ from moment to moment, so only the same
+/// disagreement over several quiet refreshes counts as drift.
 #[derive(Default)]
 struct DriftWatch {
     last: Option<(u64, u64, u64, u64)>,
@@ -122,10 +385,8 @@ struct DriftWatch {
 }
 
 impl DriftWatch {
-    /// Some(()) once the same disagreement has lasted DRIFT_ROUNDS.
-    fn check(&mut self, tracker: &Tracker) -> Option<()> {
-        let stat = sockstat::read().ok()?;
-        let tracked = tracker.tracked(&tracker.current.get(), &mut Vec::new());
+    /// Some(()) once the same disagreement has lasted long enough.
+    fn check(&mut self, tracked: &Counts, stat: &SockStat) -> Option<()> {
         let ours = (
             tracked.family_total(Family::Tcp4),
             tracked.family_total(Family::Tcp6),
@@ -142,7 +403,7 @@ impl DriftWatch {
             self.rounds = 1;
             self.last = Some(sample);
         }
-        self.moved = family_moved(&tracked, &stat);
+        self.moved = family_moved(tracked, stat);
         self.needed = if self.moved.is_some() {
             MOVED_ROUNDS
         } else {

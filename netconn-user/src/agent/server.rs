@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use super::Agent;
-use crate::proto::{Command, LeaksReply, MAX_REQUEST, Pong, Request, error_reply};
+use crate::proto::{Command, LeaksReply, MAX_REQUEST, NetnsSelector, Pong, Request, error_reply};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -192,14 +192,22 @@ async fn watch(
     agent: &Agent,
 ) -> io::Result<()> {
     let mut write = tokio::io::BufWriter::with_capacity(1 << 16, write);
-    if let Err(message) = request.filter.validate() {
+    let mut filter = request.filter;
+    let resolved = filter.validate().and_then(|()| {
+        for name in std::mem::take(&mut filter.netns_name) {
+            let inode = agent.tracker.resolve(&NetnsSelector::parse(&name))?;
+            filter.netns.push(inode);
+        }
+        Ok(())
+    });
+    if let Err(message) = resolved {
         write
             .write_all(format!("{}\n", error_reply(&message)).as_bytes())
             .await?;
         return write.flush().await;
     }
     let events = !request.alerts;
-    let (mut sub, watchers) = agent.hub.subscribe(request.filter, events, request.alerts);
+    let (mut sub, watchers) = agent.hub.subscribe(filter, events, request.alerts);
     if events && watchers == 1 {
         agent.tracker.set_streaming(true);
     }
@@ -254,7 +262,14 @@ fn answer(request: &Request, agent: &Agent) -> String {
         Command::Leaks => serde_json::to_string(&LeaksReply {
             alerts: agent.alerts.get(),
         }),
-        Command::Stats => serde_json::to_string(&agent.tracker.snapshot()),
+        Command::Stats if request.all_netns => serde_json::to_string(&agent.tracker.snapshot_all()),
+        Command::Stats => {
+            let selector = request.netns.as_deref().map(NetnsSelector::parse);
+            match agent.tracker.snapshot(selector.as_ref()) {
+                Ok(reply) => serde_json::to_string(&reply),
+                Err(e) => return error_reply(&e),
+            }
+        }
     };
     reply.unwrap_or_else(|e| error_reply(&format!("internal error: {e}")))
 }

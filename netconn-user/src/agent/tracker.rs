@@ -1,5 +1,5 @@
-//! Where the counts live and whether they are exact. Two sources make one
-//! answer:
+//! Where the counts live and whether they are exact, per network namespace.
+//! Two sources make one answer:
 //!
 //! * full TCP sockets: event-driven, counted by the eBPF program per
 //!   (netns, family, state), plus the sockets the agent seeded at start-up
@@ -9,9 +9,12 @@
 //!   every answer says how old that part is.
 //!
 //! This module stores and combines; the loops that keep it current live in
-//! `refresh` (maintenance) and `hub` (the transition stream).
+//! `refresh` (maintenance: namespaces found, seeded, refreshed, forgotten)
+//! and `hub` (the transition stream).
 
 use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,14 +27,15 @@ use netconn_common::{
     Counts, FAMILY_INET, FAMILY_INET6, Family, STAT_EVENTS_DROPPED, STATE_SLOTS, State, slot,
 };
 
-use super::generation::Generation;
+use super::generation::{Generation, SeedTarget};
 use crate::{
     kernel::{
         self, diag,
+        netns::{self, NetnsError},
         probe::ProbeError,
         sockstat::{self, SockStat},
     },
-    proto::{Meta, StatsReply},
+    proto::{Container, Meta, NamespaceCounts, NamespacesReply, NetnsSelector, StatsReply},
 };
 
 /// The refreshed part must never be older than this when a query arrives.
@@ -45,6 +49,8 @@ pub enum TrackerError {
     Diag(#[from] diag::DiagError),
     #[error("cannot read own network namespace: {0}")]
     Netns(std::io::Error),
+    #[error(transparent)]
+    Namespace(#[from] NetnsError),
 }
 
 pub struct Config {
@@ -54,13 +60,43 @@ pub struct Config {
     pub ring_bytes: u32,
 }
 
-/// The refreshed part of the answer.
+/// The refreshed part of one namespace's answer.
 #[derive(Clone, Debug)]
 pub(super) struct Untracked {
     pub counts: Counts,
-    /// When the dump started: the data is at least this old.
-    pub taken_at: Instant,
+    /// When it was last confirmed: by a dump that started then, or by the
+    /// kernel's counters showing nothing it depends on changed since.
+    pub verified_at: Instant,
+    /// How long the last dump took.
     pub took: Duration,
+}
+
+/// One network namespace the agent tracks.
+pub(super) struct Namespace {
+    pub inode: u32,
+    pub name: String,
+    pub container: Option<Container>,
+    /// A process inside, if any.
+    pub pid: Option<u32>,
+    /// The way in; None for the agent's own namespace.
+    pub path: Option<PathBuf>,
+    pub untracked: Option<Untracked>,
+    /// Why this namespace's counts are not trusted (drift), if so.
+    pub drift: Option<String>,
+}
+
+impl Namespace {
+    /// The kernel's O(1) counters for this namespace.
+    pub fn sockstat(&self) -> Option<SockStat> {
+        sockstat_of(self.inode, self.pid, self.path.as_deref())
+    }
+
+    pub fn seed_target(&self) -> SeedTarget<'_> {
+        SeedTarget {
+            inode: self.inode,
+            path: self.path.as_deref(),
+        }
+    }
 }
 
 /// Something whose kernel stream can be switched: a generation (a fake one
@@ -108,11 +144,16 @@ impl<G: StreamSwitch> Current<G> {
 
 pub struct Tracker {
     pub(super) config: Config,
-    netns: u32,
+    /// The agent's own namespace: the default for `stats` and `check`.
+    own: u32,
+    /// The initial namespace (`host`), when visible.
+    pub(super) host: Option<u32>,
     pub(super) current: Current<Generation>,
-    pub(super) untracked: RwLock<Option<Untracked>>,
-    /// A persistent disagreement with the kernel's counters, as a reason.
-    pub(super) drift: RwLock<Option<String>>,
+    pub(super) namespaces: RwLock<BTreeMap<u32, Namespace>>,
+    /// Bumped when a namespace is added or removed (the stream caches names).
+    pub(super) names_version: AtomicU64,
+    /// Why other namespaces are not tracked, if they are not.
+    pub(super) limited: RwLock<Option<String>>,
     pub(super) reseeds: AtomicU64,
     stop: AtomicBool,
 }
@@ -130,39 +171,50 @@ impl RingSource {
 }
 
 impl Tracker {
-    /// Attach, seed, take the first refresh. On return the tracker answers.
+    /// Attach, find and seed every namespace, take the first refresh. On
+    /// return the tracker answers.
     pub fn start(config: Config) -> Result<Tracker, TrackerError> {
-        let netns = kernel::own_netns().map_err(TrackerError::Netns)?;
-        let generation = Generation::build(&config, netns)?;
+        let own = kernel::own_netns().map_err(TrackerError::Netns)?;
+        let host = netns::initial();
+        let generation = Generation::attach(&config)?;
         let tracker = Tracker {
             config,
-            netns,
+            own,
+            host,
             current: Current::new(generation),
-            untracked: RwLock::new(None),
-            drift: RwLock::new(None),
+            namespaces: RwLock::new(BTreeMap::new()),
+            names_version: AtomicU64::new(0),
+            limited: RwLock::new(None),
             reseeds: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         };
-        tracker.refresh()?;
+        tracker.discover_and_seed(&tracker.current.get())?;
+        tracker.refresh_all();
         kernel::release_freed_memory();
         Ok(tracker)
     }
 
     pub fn netns(&self) -> u32 {
-        self.netns
+        self.own
     }
 
-    /// Full TCP sockets as the kernel side counts them (seed + deltas), for
-    /// the agent's namespace. Negative cells mean a counting bug: reported.
-    pub(super) fn tracked(&self, generation: &Generation, inexact: &mut Vec<String>) -> Counts {
+    /// Full TCP sockets of one namespace as the kernel side counts them
+    /// (seed + deltas). Negative cells mean a counting bug: reported.
+    pub(super) fn tracked(
+        &self,
+        generation: &Generation,
+        inode: u32,
+        inexact: &mut Vec<String>,
+    ) -> Counts {
         let mut counts = Counts::default();
-        match generation.probe.tcp_deltas(self.netns) {
+        let base = generation.seed_base(inode);
+        match generation.probe.tcp_deltas(inode) {
             Ok(deltas) => {
                 for family_index in [FAMILY_INET, FAMILY_INET6] {
                     let family = Family::tcp_of(family_index);
                     for state in 1..STATE_SLOTS as u8 {
                         let i = slot(family_index, state);
-                        let n = generation.seed_base[i] + deltas[i];
+                        let n = base[i] + deltas[i];
                         if n < 0 {
                             inexact.push(format!("negative {} count", family.name()));
                         }
@@ -175,58 +227,191 @@ impl Tracker {
         counts
     }
 
-    /// The answer to a query: O(1) in the number of sockets (one per-CPU map
-    /// lookup plus two small reads).
-    pub fn snapshot(&self) -> StatsReply {
+    /// The inode a client's selector names, among the tracked namespaces.
+    pub fn resolve(&self, selector: &NetnsSelector) -> Result<u32, String> {
+        let namespaces = read_lock(&self.namespaces);
+        let found = match selector {
+            NetnsSelector::Inode(inode) => namespaces.get(inode).map(|n| n.inode),
+            NetnsSelector::Pid(pid) => netns::inode_of_pid(*pid)
+                .filter(|inode| namespaces.contains_key(inode))
+                .or_else(|| {
+                    // A pid the agent cannot see may still be a known member.
+                    namespaces
+                        .values()
+                        .find(|n| n.pid == Some(*pid))
+                        .map(|n| n.inode)
+                }),
+            NetnsSelector::Name(name) => namespaces
+                .values()
+                .find(|n| &n.name == name)
+                .or_else(|| {
+                    // A container id, whole or its first 12 digits or more.
+                    namespaces.values().find(|n| {
+                        n.container.as_ref().is_some_and(|c| {
+                            c.id == *name
+                                || (name.len() >= 12 && c.id.starts_with(name.as_str()))
+                                || c.pod.as_deref() == Some(name.as_str())
+                        })
+                    })
+                })
+                .map(|n| n.inode),
+        };
+        found.ok_or_else(|| match selector {
+            NetnsSelector::Inode(i) => format!("no tracked network namespace with inode {i}"),
+            NetnsSelector::Pid(p) => format!("no tracked network namespace holds pid {p}"),
+            NetnsSelector::Name(n) => format!("no tracked network namespace named {n:?}"),
+        })
+    }
+
+    /// The answer for one namespace (the agent's own by default): O(1) in
+    /// the number of sockets (one per-CPU map lookup, two small reads).
+    pub fn snapshot(&self, selector: Option<&NetnsSelector>) -> Result<StatsReply, String> {
+        let inode = match selector {
+            Some(s) => self.resolve(s)?,
+            None => self.own,
+        };
         let generation = self.current.get();
+        let health = generation.health();
+        let namespaces = read_lock(&self.namespaces);
+        let Some(ns) = namespaces.get(&inode) else {
+            return Err(format!("network namespace {inode} is not tracked"));
+        };
+        let (counts, mut inexact) = self.namespace_counts(&generation, ns, true);
+        let mut reasons = health.reasons.clone();
+        reasons.append(&mut inexact);
+        let (refreshed_age, refresh_took) = ns
+            .untracked
+            .as_ref()
+            .map_or((Duration::ZERO, Duration::ZERO), |u| {
+                (u.verified_at.elapsed(), u.took)
+            });
+        Ok(StatsReply {
+            counts,
+            meta: Meta {
+                netns: inode,
+                netns_name: ns.name.clone(),
+                refreshed_age_ms: millis(refreshed_age),
+                refresh_ms: millis(refresh_took),
+                ..self.meta(&generation, &health, namespaces.len(), reasons)
+            },
+        })
+    }
+
+    /// Every tracked namespace, own first, then by name.
+    pub fn snapshot_all(&self) -> NamespacesReply {
+        let generation = self.current.get();
+        let health = generation.health();
+        let namespaces = read_lock(&self.namespaces);
+        let mut out: Vec<NamespaceCounts> = namespaces
+            .values()
+            .map(|ns| {
+                let (counts, mut inexact) = self.namespace_counts(&generation, ns, true);
+                let mut reasons = health.reasons.clone();
+                reasons.append(&mut inexact);
+                NamespaceCounts {
+                    netns: ns.inode,
+                    name: ns.name.clone(),
+                    container: ns.container.clone(),
+                    pid: ns.pid,
+                    counts,
+                    exact: reasons.is_empty(),
+                    inexact: reasons,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.netns != self.own)
+                .cmp(&(b.netns != self.own))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut reasons = health.reasons.clone();
+        if let Some(limited) = read_lock(&self.limited).clone() {
+            reasons.push(limited);
+        }
+        let own_name = namespaces
+            .get(&self.own)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        NamespacesReply {
+            namespaces: out,
+            meta: Meta {
+                netns: self.own,
+                netns_name: own_name,
+                ..self.meta(&generation, &health, namespaces.len(), reasons)
+            },
+        }
+    }
+
+    /// Tracked plus refreshed counts of one namespace, and why they are not
+    /// exact (empty: they are).
+    fn namespace_counts(
+        &self,
+        generation: &Generation,
+        ns: &Namespace,
+        check_family: bool,
+    ) -> (Counts, Vec<String>) {
         let mut inexact = Vec::new();
-        let mut counts = self.tracked(&generation, &mut inexact);
-        // Two small /proc reads: the one change the tracepoint cannot show
-        // for a full socket (IPV6_ADDRFORM) must not be answered as exact.
-        if let Ok(stat) = sockstat::read()
+        let mut counts = self.tracked(generation, ns.inode, &mut inexact);
+        // The one change the tracepoint cannot show for a full socket
+        // (IPV6_ADDRFORM) must not be answered as exact.
+        if check_family
+            && let Some(stat) = ns.sockstat()
             && let Some(reason) = family_moved(&counts, &stat)
         {
             inexact.push(reason);
         }
-        let health = generation.health();
-        inexact.extend(health.reasons);
-
-        let (refreshed_age, refresh_took) = match read_lock(&self.untracked).as_ref() {
+        match &ns.untracked {
             Some(u) => {
                 counts = counts.merged(&u.counts);
-                (u.taken_at.elapsed(), u.took)
+                let age = u.verified_at.elapsed();
+                if age > MAX_AGE {
+                    inexact.push(format!("refreshed part is {} ms old", age.as_millis()));
+                }
             }
-            None => {
-                inexact.push("no refresh yet".into());
-                (Duration::ZERO, Duration::ZERO)
-            }
-        };
-        if refreshed_age > MAX_AGE {
-            inexact.push(format!(
-                "refreshed part is {} ms old",
-                refreshed_age.as_millis()
-            ));
+            None => inexact.push("no refresh yet".into()),
         }
-        if let Some(reason) = read_lock(&self.drift).clone() {
-            inexact.push(reason);
+        if let Some(reason) = &ns.drift {
+            inexact.push(reason.clone());
         }
+        (counts, inexact)
+    }
 
-        StatsReply {
-            counts,
-            meta: Meta {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                netns: self.netns,
-                seeded_at: humantime::format_rfc3339_millis(generation.seeded_at).to_string(),
-                refreshed_age_ms: millis(refreshed_age),
-                refresh_ms: millis(refresh_took),
-                exact: inexact.is_empty(),
-                inexact,
-                seed: generation.report.clone(),
-                reseeds: self.reseeds.load(Ordering::Relaxed),
-                nested_events: health.nested_events,
-                nested_handled: health.nested_handled,
-            },
+    fn meta(
+        &self,
+        generation: &Generation,
+        health: &super::generation::Health,
+        namespaces: usize,
+        inexact: Vec<String>,
+    ) -> Meta {
+        Meta {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            netns: self.own,
+            netns_name: String::new(),
+            namespaces,
+            seeded_at: humantime::format_rfc3339_millis(generation.seeded_at).to_string(),
+            refreshed_age_ms: 0.0,
+            refresh_ms: 0.0,
+            exact: inexact.is_empty(),
+            inexact,
+            seed: generation.report(),
+            reseeds: self.reseeds.load(Ordering::Relaxed),
+            nested_events: health.nested_events,
+            nested_handled: health.nested_handled,
         }
+    }
+
+    /// Inode -> name of every tracked namespace, and the version it is at.
+    pub fn names(&self) -> (u64, HashMap<u32, String>) {
+        let namespaces = read_lock(&self.namespaces);
+        let names = namespaces
+            .values()
+            .map(|n| (n.inode, n.name.clone()))
+            .collect();
+        (self.names_version.load(Ordering::Relaxed), names)
+    }
+
+    pub fn names_version(&self) -> u64 {
+        self.names_version.load(Ordering::Relaxed)
     }
 
     /// Switch the kernel's transition stream on or off (the server calls
@@ -265,6 +450,20 @@ impl Tracker {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The kernel's O(1) counters of a namespace: ours directly, another through
+/// a process inside it (checked to still be inside), else by entering it.
+pub(super) fn sockstat_of(inode: u32, pid: Option<u32>, path: Option<&Path>) -> Option<SockStat> {
+    let Some(path) = path else {
+        return sockstat::read().ok();
+    };
+    if let Some(pid) = pid
+        && netns::inode_of_pid(pid) == Some(inode)
+    {
+        return sockstat::read_pid(pid).ok();
+    }
+    netns::run_in(path, sockstat::read).ok()?.ok()
 }
 
 /// IPV6_ADDRFORM turns a connected AF_INET6 TCP socket into AF_INET with no

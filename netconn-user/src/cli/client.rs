@@ -10,7 +10,7 @@ use std::{
 
 use serde::de::DeserializeOwned;
 
-use crate::proto::{Alert, Command, ErrorReply, LeaksReply, Request, StatsReply};
+use crate::proto::{Alert, Command, ErrorReply, LeaksReply, NamespacesReply, Request, StatsReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -80,8 +80,14 @@ impl Client {
         serde_json::from_str(&self.line).map_err(|_| ClientError::Protocol(self.path.clone()))
     }
 
-    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
-        self.request(&Request::new(Command::Stats))
+    /// Counts of one namespace (`None`: the agent's own).
+    pub fn stats(&mut self, netns: Option<String>) -> Result<StatsReply, ClientError> {
+        self.request(&Request::stats(netns))
+    }
+
+    /// Counts of every namespace the agent tracks.
+    pub fn stats_all(&mut self) -> Result<NamespacesReply, ClientError> {
+        self.request(&Request::stats_all())
     }
 
     /// The leak alerts active in the agent.

@@ -36,3 +36,15 @@ pub enum Command {
     #[command(disable_version_flag = true)]
     Check(check::CheckArgs),
 }
+
+/// A `--netns` value as sent to the agent: a path (which only this process
+/// may see, e.g. in its mount namespace) becomes the inode it opens; names,
+/// ids, inodes and pids go as given (see `proto::NetnsSelector`).
+pub fn netns_arg(value: &str) -> String {
+    if value.contains('/')
+        && let Ok(inode) = crate::kernel::netns::inode_of(std::path::Path::new(value))
+    {
+        return inode.to_string();
+    }
+    value.to_string()
+}

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use netconn_common::{Counts, Family, State};
 
 use super::client::Client;
-use crate::proto;
+use crate::proto::{self, NamespacesReply};
 
 #[derive(clap::Args, Debug)]
 pub struct StatsArgs {
@@ -17,12 +17,31 @@ pub struct StatsArgs {
     pub json: bool,
     /// With --json: leave out `meta`, printing exactly the seven count keys
     /// (the drop-in form for consumers that validate that shape strictly).
-    #[arg(long, requires = "json")]
+    #[arg(long, requires = "json", conflicts_with = "all_netns")]
     pub no_meta: bool,
+    /// The network namespace to count: a name (`host`, an `ip netns` name, a
+    /// container name as listed by --all-netns), a container id, an inode, a
+    /// pid inside it, or a path such as /run/netns/NAME. Default: the
+    /// agent's own.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+    /// One line per namespace the agent tracks (with --json: every count).
+    #[arg(long, conflicts_with = "netns")]
+    pub all_netns: bool,
 }
 
 pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
-    let reply = Client::connect(&args.socket)?.stats()?;
+    let mut client = Client::connect(&args.socket)?;
+    if args.all_netns {
+        let reply = client.stats_all()?;
+        if args.json {
+            println!("{}", serde_json::to_string(&reply)?);
+        } else {
+            print!("{}", namespaces_table(&reply));
+        }
+        return Ok(());
+    }
+    let reply = client.stats(args.netns.as_deref().map(super::netns_arg))?;
     if args.json {
         let line = if args.no_meta {
             serde_json::to_string(&reply.counts)?
@@ -32,8 +51,11 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
         println!("{line}");
         return Ok(());
     }
-    print!("{}", table(&reply.counts));
     let meta = &reply.meta;
+    if args.netns.is_some() {
+        println!("network namespace {} ({})", meta.netns_name, meta.netns);
+    }
+    print!("{}", table(&reply.counts));
     if meta.exact {
         println!(
             "exact; TIME_WAIT/request/UDP part {:.0} ms old",
@@ -69,6 +91,62 @@ pub fn table(counts: &Counts) -> String {
         }
     }
     row("total", Family::ALL.map(|f| counts.family_total(f)));
+    out
+}
+
+/// `--all-netns`: one line per namespace with the totals of the main states.
+pub fn namespaces_table(reply: &NamespacesReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<22} {:>10} {:>8} {:>7} {:>9} {:>10} {:>8} {:>6} {:>8}",
+        "NAME",
+        "CONTAINER",
+        "NETNS",
+        "ESTAB",
+        "LISTEN",
+        "TIME_WAIT",
+        "CLOSE_WAIT",
+        "SYN_RECV",
+        "UDP",
+        "TOTAL"
+    );
+    for ns in &reply.namespaces {
+        let c = &ns.counts;
+        let tcp = |s: State| c.sum(&[Family::Tcp4, Family::Tcp6], s);
+        let udp = c.family_total(Family::Udp4) + c.family_total(Family::Udp6);
+        let container = ns
+            .container
+            .as_ref()
+            .map(|c| format!("{}:{}", c.runtime, c.id.get(..12).unwrap_or(&c.id)))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:>10} {:>8} {:>7} {:>9} {:>10} {:>8} {:>6} {:>8}{}",
+            ns.name,
+            container,
+            ns.netns,
+            tcp(State::Established),
+            tcp(State::Listen),
+            tcp(State::TimeWait),
+            tcp(State::CloseWait),
+            tcp(State::SynRecv),
+            udp,
+            c.total(),
+            if ns.exact { "" } else { "  NOT EXACT" }
+        );
+    }
+    let meta = &reply.meta;
+    if meta.exact {
+        let _ = writeln!(out, "{} namespaces, exact", reply.namespaces.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "{} namespaces; NOT EXACT: {}",
+            reply.namespaces.len(),
+            meta.inexact.join("; ")
+        );
+    }
     out
 }
 

@@ -29,9 +29,10 @@ pub struct WatchArgs {
     /// State (old or new), e.g. ESTABLISHED or close_wait; repeatable.
     #[arg(long)]
     state: Vec<String>,
-    /// Network namespace inode; repeatable (default: every namespace).
+    /// Network namespace: a name, container id, inode, pid, or a path such
+    /// as /run/netns/NAME; repeatable (default: every namespace).
     #[arg(long)]
-    netns: Vec<u32>,
+    netns: Vec<String>,
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -50,7 +51,8 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
         remote_port: args.remote_port.clone(),
         family: args.family.clone(),
         state: args.state.iter().map(|s| s.to_ascii_uppercase()).collect(),
-        netns: args.netns.clone(),
+        netns: Vec::new(),
+        netns_name: args.netns.iter().map(|n| super::netns_arg(n)).collect(),
     };
     filter.validate().map_err(anyhow::Error::msg)?;
     let stream: UnixStream = connect_stream(&args.socket)?;
@@ -152,7 +154,7 @@ fn transition(t: &Transition) -> String {
     format!(
         "{:<27} {:>10} {:<4} {:<28} {:<28} {:<11} -> {:<11} {:>10.3} {:>7} {}",
         t.time,
-        t.netns,
+        t.netns_name.clone().unwrap_or_else(|| t.netns.to_string()),
         t.family,
         endpoint(&t.laddr, t.lport),
         endpoint(&t.raddr, t.rport),

@@ -5,6 +5,7 @@
 
 pub mod btf;
 pub mod diag;
+pub mod netns;
 pub mod probe;
 pub mod sockstat;
 

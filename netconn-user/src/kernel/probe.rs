@@ -61,7 +61,8 @@ pub enum Insert {
 
 pub struct Probe {
     // Field order matters for Drop: maps before the program holding them.
-    socks: HashMap<MapData, u64, SockEntry>,
+    /// Behind a lock: seeding inserts from namespace threads.
+    socks: Mutex<HashMap<MapData, u64, SockEntry>>,
     counts: PerCpuHashMap<MapData, u32, NsCounts>,
     /// Behind a lock: switched by the agent's tasks while queries read counts.
     control: Mutex<Array<MapData, u32>>,
@@ -163,7 +164,7 @@ impl Probe {
             .unwrap_or(0);
 
         Ok(Probe {
-            socks,
+            socks: Mutex::new(socks),
             counts,
             control: Mutex::new(control),
             errors,
@@ -203,8 +204,8 @@ impl Probe {
     }
 
     /// Insert a dumped socket unless the kernel already has its cookie.
-    pub fn seed(&mut self, cookie: u64, entry: &SockEntry) -> Result<Insert, ProbeError> {
-        match self.socks.insert(cookie, entry, BPF_NOEXIST) {
+    pub fn seed(&self, cookie: u64, entry: &SockEntry) -> Result<Insert, ProbeError> {
+        match lock(&self.socks).insert(cookie, entry, BPF_NOEXIST) {
             Ok(()) => Ok(Insert::Inserted),
             Err(e) => match os_error(&e) {
                 Some(libc::EEXIST) => Ok(Insert::Exists),
@@ -216,16 +217,16 @@ impl Probe {
 
     /// The kernel's entry for a live socket.
     pub fn socket(&self, cookie: u64) -> Option<SockEntry> {
-        self.socks
+        lock(&self.socks)
             .get(&cookie, 0)
             .ok()
             .filter(|e| e.flags != ENTRY_TOMBSTONE)
     }
 
     /// Drop the tombstones left by closes during seeding. Returns how many.
-    pub fn remove_tombstones(&mut self) -> Result<usize, ProbeError> {
-        let tombstones: Vec<u64> = self
-            .socks
+    pub fn remove_tombstones(&self) -> Result<usize, ProbeError> {
+        let mut socks = lock(&self.socks);
+        let tombstones: Vec<u64> = socks
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, entry)| entry.flags == ENTRY_TOMBSTONE)
@@ -233,7 +234,7 @@ impl Probe {
             .collect();
         for cookie in &tombstones {
             // A socket may have been destroyed-and-removed meanwhile: fine.
-            let _ = self.socks.remove(cookie);
+            let _ = socks.remove(cookie);
         }
         Ok(tombstones.len())
     }
@@ -254,6 +255,12 @@ impl Probe {
             Err(MapError::KeyNotFound) => Ok(sum),
             Err(e) => Err(ProbeError::Map("COUNTS", e.to_string())),
         }
+    }
+
+    /// Namespaces (inodes) the kernel side has counters for: every namespace
+    /// a TCP event came from since the program was loaded.
+    pub fn namespaces(&self) -> Vec<u32> {
+        self.counts.keys().filter_map(Result::ok).collect()
     }
 
     /// Sockets the kernel side counts in all namespaces (live entries).
@@ -300,6 +307,10 @@ impl Probe {
             .map(|info| info.recursion_misses)
             .unwrap_or(0)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn tracepoint_program<'a>(

@@ -31,7 +31,7 @@ pub struct SockStat {
 pub enum SockStatError {
     #[error("cannot read {path}: {source}")]
     Io {
-        path: &'static str,
+        path: String,
         #[source]
         source: io::Error,
     },
@@ -52,17 +52,29 @@ pub enum SockStatError {
 
 /// Read the counters of the calling thread's network namespace.
 pub fn read() -> Result<SockStat, SockStatError> {
-    let v4 = fs::read_to_string(SOCKSTAT).map_err(|source| SockStatError::Io {
-        path: SOCKSTAT,
+    read_files(SOCKSTAT, SOCKSTAT6)
+}
+
+/// Read the counters of the namespace process `pid` is in.
+pub fn read_pid(pid: u32) -> Result<SockStat, SockStatError> {
+    read_files(
+        &format!("/proc/{pid}/net/sockstat"),
+        &format!("/proc/{pid}/net/sockstat6"),
+    )
+}
+
+fn read_files(v4_path: &str, v6_path: &str) -> Result<SockStat, SockStatError> {
+    let v4 = fs::read_to_string(v4_path).map_err(|source| SockStatError::Io {
+        path: v4_path.to_string(),
         source,
     })?;
-    let v6 = match fs::read_to_string(SOCKSTAT6) {
+    let v6 = match fs::read_to_string(v6_path) {
         Ok(text) => text,
         // The file does not exist when IPv6 is disabled: no IPv6 sockets.
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(source) => {
             return Err(SockStatError::Io {
-                path: SOCKSTAT6,
+                path: v6_path.to_string(),
                 source,
             });
         }

@@ -72,6 +72,12 @@ pub struct CheckArgs {
     #[arg(long, value_name = "PATH", env = "NETCONN_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
+    /// The network namespace to check (name, container id, inode, pid or
+    /// path; see `netconn stats --netns`). Default: the agent's own. Needs
+    /// the agent.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<String>,
+
     /// Fail (UNKNOWN) instead of falling back when the agent is unreachable.
     #[arg(long)]
     pub require_agent: bool,
@@ -183,9 +189,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 /// Counts from the agent; without one, from a single netlink dump (same
 /// numbers, O(sockets) instead of O(1)) unless `--require-agent`.
 fn counts(args: &CheckArgs) -> anyhow::Result<Counts> {
-    match Client::connect(&args.socket).and_then(|mut c| c.stats()) {
+    let netns = args.netns.as_deref().map(crate::cli::netns_arg);
+    match Client::connect(&args.socket).and_then(|mut c| c.stats(netns.clone())) {
         Ok(reply) => Ok(reply.counts),
-        Err(ClientError::NoAgent(path)) if args.require_agent => {
+        Err(ClientError::NoAgent(path)) if args.require_agent || netns.is_some() => {
             anyhow::bail!("no netconn agent at {}", path.display())
         }
         Err(ClientError::NoAgent(_)) => {
