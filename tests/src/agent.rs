@@ -176,11 +176,51 @@ impl Agent {
 
     /// [`Agent::assert_matches_ss`] for tests that provoke a re-seed.
     pub fn assert_matches_ss_after_reseeds(&self, timeout: Duration) -> Result<Counts> {
+        let netns = self.netns.clone();
+        self.assert_matches(|| self.counts(), || ss_counts_in(netns.as_deref()), timeout)
+    }
+
+    /// Counts of one namespace (`stats --netns SELECTOR`) and its meta.
+    pub fn counts_of(&self, selector: &str) -> Result<(Counts, serde_json::Value)> {
+        let request = serde_json::json!({"cmd": "stats", "netns": selector}).to_string();
+        let reply: serde_json::Value = serde_json::from_str(&self.request(&request)?)?;
+        if let Some(error) = reply.get("error") {
+            bail!("agent refused stats --netns {selector}: {error}");
+        }
+        let meta = reply.get("meta").cloned().unwrap_or_default();
+        Ok((counts_from_json(&reply)?, meta))
+    }
+
+    /// The namespace `selector` names equals `ss` run in `ss_where` (a name
+    /// or a namespace file, see [`crate::netns::command_in`]) and says exact.
+    pub fn assert_netns_matches_ss(
+        &self,
+        selector: &str,
+        ss_where: &str,
+        timeout: Duration,
+    ) -> Result<Counts> {
+        self.assert_matches(
+            || self.counts_of(selector),
+            || ss_counts_in(Some(ss_where)),
+            timeout,
+        )
+        .with_context(|| format!("namespace {selector}"))
+    }
+
+    /// Poll until `query` equals `ss` at a quiescent moment (ss the same
+    /// before and after the query) and says exact. An answer that says
+    /// exact while an event-driven cell differs fails at once.
+    fn assert_matches(
+        &self,
+        query: impl Fn() -> Result<(Counts, serde_json::Value)>,
+        ss: impl Fn() -> Result<Counts>,
+        timeout: Duration,
+    ) -> Result<Counts> {
         let deadline = Instant::now() + timeout;
         loop {
-            let before = ss_counts_in(self.netns.as_deref())?;
-            let (agent, meta) = self.counts()?;
-            let after = ss_counts_in(self.netns.as_deref())?;
+            let before = ss()?;
+            let (agent, meta) = query()?;
+            let after = ss()?;
             let exact = meta.get("exact").and_then(|e| e.as_bool()) == Some(true);
             let last = if before == after {
                 let diff = diff_counts(&agent, &after);

@@ -100,6 +100,25 @@ impl Drop for Netns {
     }
 }
 
+/// `program` run inside a network namespace: a name goes through `ip netns
+/// exec NAME`, a path (e.g. /proc/PID/ns/net of an unnamed namespace)
+/// through `nsenter --net=PATH`; `None` runs it here.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match netns {
+        Some(path) if path.starts_with('/') => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={path}")).arg("--").arg(program);
+            c
+        }
+        Some(name) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", name]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Creates a fresh namespace, runs `f` inside it (see [`Netns::run`]), and
 /// deletes the namespace afterwards.
 pub fn with_netns<T: Send>(prefix: &str, f: impl FnOnce(&Netns) -> Result<T> + Send) -> Result<T> {

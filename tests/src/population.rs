@@ -17,7 +17,8 @@ use netconn_common::Counts;
 /// How to run the popgen processes.
 #[derive(Clone, Debug)]
 pub struct PopOptions {
-    /// Run inside this named network namespace (`ip netns exec NAME`).
+    /// Run inside this network namespace: a name (`ip netns exec NAME`) or
+    /// a namespace file such as /proc/PID/ns/net (`nsenter --net=PATH`).
     pub netns: Option<String>,
     /// How long every process together may take to print `ready`.
     pub ready_timeout: Duration,
@@ -251,14 +252,7 @@ impl Drop for Population {
 }
 
 fn spawn(popgen: &Path, spec: &PopSpec, netns: Option<&str>) -> Result<Proc> {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(popgen);
-            c
-        }
-        None => Command::new(popgen),
-    };
+    let mut cmd = crate::netns::command_in(netns, popgen);
     cmd.args(spec.to_args())
         .arg("-v")
         .stdin(Stdio::piped())

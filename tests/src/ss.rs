@@ -2,7 +2,7 @@
 //! own [`Counts`].
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,8 @@ pub fn ss_counts() -> Result<Counts> {
     ss_counts_in(None)
 }
 
-/// Counts in the named network namespace (`ip netns exec NAME ss ...`), or
+/// Counts in a network namespace (a name or a namespace file, see
+/// [`crate::netns::command_in`]), or
 /// in the current one with `None`.
 pub fn ss_counts_in(netns: Option<&str>) -> Result<Counts> {
     // The four dumps run in parallel; each is streamed line by line so a
@@ -49,14 +50,7 @@ pub fn ss_counts_in(netns: Option<&str>) -> Result<Counts> {
     ];
     let mut handles = Vec::new();
     for (fam, proto, af) in jobs {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "ss"]);
-                c
-            }
-            None => Command::new("ss"),
-        };
+        let mut cmd = crate::netns::command_in(netns, "ss");
         cmd.args([proto, af])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use super::Agent;
-use crate::proto::{Command, LeaksReply, MAX_REQUEST, NetnsSelector, Pong, Request, error_reply};
+use crate::proto::{Command, LeaksReply, MAX_REQUEST, Pong, Request, error_reply};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -195,7 +195,7 @@ async fn watch(
     let mut filter = request.filter;
     let resolved = filter.validate().and_then(|()| {
         for name in std::mem::take(&mut filter.netns_name) {
-            let inode = agent.tracker.resolve(&NetnsSelector::parse(&name))?;
+            let inode = agent.tracker.resolve(&name)?;
             filter.netns.push(inode);
         }
         Ok(())
@@ -263,13 +263,10 @@ fn answer(request: &Request, agent: &Agent) -> String {
             alerts: agent.alerts.get(),
         }),
         Command::Stats if request.all_netns => serde_json::to_string(&agent.tracker.snapshot_all()),
-        Command::Stats => {
-            let selector = request.netns.as_deref().map(NetnsSelector::parse);
-            match agent.tracker.snapshot(selector.as_ref()) {
-                Ok(reply) => serde_json::to_string(&reply),
-                Err(e) => return error_reply(&e),
-            }
-        }
+        Command::Stats => match agent.tracker.snapshot(request.netns.as_deref()) {
+            Ok(reply) => serde_json::to_string(&reply),
+            Err(e) => return error_reply(&e),
+        },
     };
     reply.unwrap_or_else(|e| error_reply(&format!("internal error: {e}")))
 }

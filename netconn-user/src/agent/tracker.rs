@@ -228,10 +228,32 @@ impl Tracker {
     }
 
     /// The inode a client's selector names, among the tracked namespaces.
-    pub fn resolve(&self, selector: &NetnsSelector) -> Result<u32, String> {
+    /// A number that names no namespace by inode or pid may still be a name
+    /// or a container id (hex ids can be all digits).
+    pub fn resolve(&self, text: &str) -> Result<u32, String> {
+        let selector = NetnsSelector::parse(text);
         let namespaces = read_lock(&self.namespaces);
-        let found = match selector {
-            NetnsSelector::Inode(inode) => namespaces.get(inode).map(|n| n.inode),
+        let by_name = |name: &str| {
+            namespaces
+                .values()
+                .find(|n| n.name == name)
+                .or_else(|| {
+                    // A container id, whole or its first 12 digits or more.
+                    namespaces.values().find(|n| {
+                        n.container.as_ref().is_some_and(|c| {
+                            c.id == name
+                                || (name.len() >= 12 && c.id.starts_with(name))
+                                || c.pod.as_deref() == Some(name)
+                        })
+                    })
+                })
+                .map(|n| n.inode)
+        };
+        let found = match &selector {
+            NetnsSelector::Inode(inode) => namespaces
+                .get(inode)
+                .map(|n| n.inode)
+                .or_else(|| by_name(text)),
             NetnsSelector::Pid(pid) => netns::inode_of_pid(*pid)
                 .filter(|inode| namespaces.contains_key(inode))
                 .or_else(|| {
@@ -240,21 +262,9 @@ impl Tracker {
                         .values()
                         .find(|n| n.pid == Some(*pid))
                         .map(|n| n.inode)
-                }),
-            NetnsSelector::Name(name) => namespaces
-                .values()
-                .find(|n| &n.name == name)
-                .or_else(|| {
-                    // A container id, whole or its first 12 digits or more.
-                    namespaces.values().find(|n| {
-                        n.container.as_ref().is_some_and(|c| {
-                            c.id == *name
-                                || (name.len() >= 12 && c.id.starts_with(name.as_str()))
-                                || c.pod.as_deref() == Some(name.as_str())
-                        })
-                    })
                 })
-                .map(|n| n.inode),
+                .or_else(|| by_name(text)),
+            NetnsSelector::Name(name) => by_name(name),
         };
         found.ok_or_else(|| match selector {
             NetnsSelector::Inode(i) => format!("no tracked network namespace with inode {i}"),
@@ -265,7 +275,7 @@ impl Tracker {
 
     /// The answer for one namespace (the agent's own by default): O(1) in
     /// the number of sockets (one per-CPU map lookup, two small reads).
-    pub fn snapshot(&self, selector: Option<&NetnsSelector>) -> Result<StatsReply, String> {
+    pub fn snapshot(&self, selector: Option<&str>) -> Result<StatsReply, String> {
         let inode = match selector {
             Some(s) => self.resolve(s)?,
             None => self.own,
