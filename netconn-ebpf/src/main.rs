@@ -11,6 +11,8 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod changes;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{

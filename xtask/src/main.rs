@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_netns;
 mod bench_stream;
 
 use anyhow::{Context as _, bail};
@@ -54,8 +55,20 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
         /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream", "diag"], default_value = "all")]
+        #[arg(long, value_parser = ["all", "check", "stream", "diag", "netns"], default_value = "all")]
         part: String,
+        /// `--part netns`: how many small namespaces.
+        #[arg(long, default_value_t = 300)]
+        namespaces: usize,
+        /// `--part netns`: sockets in each small namespace.
+        #[arg(long, default_value_t = 300)]
+        per_namespace: u32,
+        /// `--part netns`: sockets in the one big namespace.
+        #[arg(long, default_value_t = 291_000)]
+        big_sockets: u64,
+        /// `--part netns`: seconds over which CPU at rest is measured.
+        #[arg(long, default_value_t = 20)]
+        rest_seconds: u64,
     },
 }
 
@@ -72,6 +85,10 @@ fn main() -> ExitCode {
             runs,
             stream_seconds,
             part,
+            namespaces,
+            per_namespace,
+            big_sockets,
+            rest_seconds,
         } => setup_if_needed().and_then(|()| {
             let netconn = build()?;
             let popgen = workspace_root().join("target/release/popgen");
@@ -88,6 +105,18 @@ fn main() -> ExitCode {
             }
             if part == "all" || part == "stream" {
                 bench_stream::run(&popgen, &netconn, stream_seconds)?;
+            }
+            if part == "all" || part == "netns" {
+                bench_netns::run(
+                    &popgen,
+                    &netconn,
+                    &bench_netns::NetnsBenchArgs {
+                        namespaces,
+                        sockets_per_namespace: per_namespace,
+                        big_sockets,
+                        rest_seconds,
+                    },
+                )?;
             }
             if part == "all" || part == "diag" {
                 say("sock_diag parsing: in place against netlink-packet-sock-diag");

@@ -18,7 +18,7 @@ use super::{
     generation::Generation,
     naming,
     tracker::{
-        Namespace, Tracker, TrackerError, Untracked, family_moved, read_lock, sockstat_of,
+        Namespace, Tracker, TrackerError, Untracked, family_moved, millis, read_lock, sockstat_of,
         write_lock,
     },
 };
@@ -52,6 +52,8 @@ struct Watch {
     /// The last dump found request socks or orphan FIN_WAIT2 timewait
     /// socks, which change without moving any counter: dump again.
     transient: bool,
+    /// The kernel hooks' change count when the part was last dumped.
+    changes: Option<u64>,
     drift: DriftWatch,
 }
 
@@ -79,12 +81,14 @@ impl Tracker {
                 continue;
             }
             let (name, container) = naming::describe(f, self.host);
+            let path = (f.inode != own).then(|| f.path.clone());
             fresh.push(Namespace {
                 inode: f.inode,
                 name,
                 container,
                 pid: f.pid,
-                path: (f.inode != own).then(|| f.path.clone()),
+                cookie: cookie_of(path.as_deref()),
+                path,
                 untracked: None,
                 drift: None,
             });
@@ -106,6 +110,7 @@ impl Tracker {
                 container,
                 pid: Some(std::process::id()),
                 path: None,
+                cookie: cookie_of(None),
                 untracked: None,
                 drift: None,
             });
@@ -190,25 +195,38 @@ impl Tracker {
     /// changed; otherwise the part stands confirmed as of now.
     fn refresh_pass(&self, watches: &mut HashMap<u32, Watch>) -> Option<String> {
         let generation = self.current.get();
-        let targets: Vec<(u32, Option<std::path::PathBuf>, Option<u32>)> =
-            read_lock(&self.namespaces)
-                .values()
-                .map(|n| (n.inode, n.path.clone(), n.pid))
-                .collect();
+        type Target = (u32, Option<std::path::PathBuf>, Option<u32>, Option<u64>);
+        let targets: Vec<Target> = read_lock(&self.namespaces)
+            .values()
+            .map(|n| (n.inode, n.path.clone(), n.pid, n.cookie))
+            .collect();
         watches.retain(|inode, _| targets.iter().any(|t| t.0 == *inode));
         let mut drifted = None;
-        for (inode, path, pid) in targets {
+        let pass_started = Instant::now();
+        let mut dumps = 0;
+        for (inode, path, pid, cookie) in targets {
             let started = Instant::now();
+            // The change count first: a change during the dump below shows
+            // as a new count next pass.
+            let changes = cookie.and_then(|c| generation.probe.ns_changes(c));
             let stat = sockstat_of(inode, pid, path.as_deref());
             let watch = watches.entry(inode).or_default();
             let has_part = read_lock(&self.namespaces)
                 .get(&inode)
                 .is_some_and(|n| n.untracked.is_some());
+            // Unchanged when nothing it depends on moved: the kernel's
+            // counters (timewait socks, UDP binds and closes) and, for what
+            // moves no counter, the change hooks' count; or, without the
+            // hooks, when there is nothing that could change silently.
+            let silent_ok = match changes {
+                Some(n) => watch.changes == Some(n),
+                None => is_quiet(stat.as_ref()),
+            };
             let unchanged = has_part
                 && !watch.transient
                 && stat.is_some()
                 && stat == watch.dumped_at
-                && is_quiet(stat.as_ref());
+                && silent_ok;
             let untracked = if unchanged {
                 None
             } else {
@@ -218,10 +236,12 @@ impl Tracker {
                         .map_err(|e| e.to_string())
                         .and_then(|r| r.map_err(|e| e.to_string())),
                 };
+                dumps += 1;
                 match dumped {
                     Ok(d) => {
                         watch.transient = d.transient;
                         watch.dumped_at = stat;
+                        watch.changes = changes;
                         Some(d.counts)
                     }
                     Err(e) => {
@@ -257,6 +277,11 @@ impl Tracker {
                 (None, None) => {}
             }
         }
+        log::debug!(
+            "refresh pass: {} namespaces, {dumps} dumped, {:.1} ms",
+            watches.len(),
+            millis(pass_started.elapsed())
+        );
         drifted
     }
 
@@ -340,10 +365,19 @@ impl Tracker {
     }
 }
 
-/// Whether a namespace's untracked part can be trusted without a dump while
-/// the counters stay as they were: only when it has nothing that can change
-/// silently. Listeners (request socks appear without moving a counter) and
-/// UDP sockets (connect changes state without one) need a dump each pass.
+/// The cookie of the namespace at `path` (None: ours).
+fn cookie_of(path: Option<&std::path::Path>) -> Option<u64> {
+    match path {
+        None => netns::own_cookie().ok(),
+        Some(p) => netns::run_in(p, netns::own_cookie).ok()?.ok(),
+    }
+}
+
+/// Without the change hooks: whether a namespace's untracked part can be
+/// trusted without a dump while the counters stay as they were, i.e. it
+/// has nothing that can change silently. Listeners (request socks appear
+/// without moving a counter) and UDP sockets (connect changes state without
+/// one) need a dump each pass.
 fn is_quiet(stat: Option<&SockStat>) -> bool {
     stat.is_some_and(|s| s.tcp4_inuse + s.tcp6_inuse + s.udp4_inuse + s.udp6_inuse == 0)
 }

@@ -80,6 +80,8 @@ pub(super) struct Namespace {
     pub pid: Option<u32>,
     /// The way in; None for the agent's own namespace.
     pub path: Option<PathBuf>,
+    /// Its cookie (never reused), which the kernel's change hooks key by.
+    pub cookie: Option<u64>,
     pub untracked: Option<Untracked>,
     /// Why this namespace's counts are not trusted (drift), if so.
     pub drift: Option<String>,

@@ -143,6 +143,36 @@ fn is_netns_file(path: &Path) -> bool {
     rc == 0 && st.f_type as libc::c_long == NSFS_MAGIC
 }
 
+/// The calling thread's namespace's cookie: a 64-bit id the kernel never
+/// reuses (unlike inodes), as eBPF's bpf_get_netns_cookie() returns it.
+pub fn own_cookie() -> std::io::Result<u64> {
+    /// SO_NETNS_COOKIE (include/uapi/asm-generic/socket.h); not in libc.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a fresh socket we own and close below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid descriptor, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// Run `f` on a fresh thread inside the namespace at `path` (the thread's
 /// sockets, sock_diag dumps and /proc/thread-self/net files are that
 /// namespace's). The calling thread is untouched.

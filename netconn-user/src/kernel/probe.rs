@@ -69,6 +69,9 @@ pub struct Probe {
     errors: PerCpuArray<MapData, u64>,
     /// Taken by the stream reader (see [`Probe::take_events`]).
     events: Mutex<Option<RingBuf<MapData>>>,
+    /// Changes per namespace cookie (see netconn-ebpf's changes.rs); None
+    /// when the change hooks could not be attached.
+    ns_changes: Option<HashMap<MapData, u64, u64>>,
     prog_fd: i32,
     backup_fd: i32,
     unbacked_misses: u64,
@@ -157,6 +160,15 @@ impl Probe {
                 .map_err(|e| classify(&e))?;
         }
         let [prog_fd, backup_fd] = fds;
+        let ns_changes = match attach_change_hooks(&mut ebpf) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                log::warn!(
+                    "{e}: namespaces with listeners or UDP sockets are re-read every refresh"
+                );
+                None
+            }
+        };
         // Nested runs the primary missed before the backup was attached were
         // handled by nobody.
         let unbacked_misses = prog_info(prog_fd)
@@ -165,6 +177,7 @@ impl Probe {
 
         Ok(Probe {
             socks: Mutex::new(socks),
+            ns_changes,
             counts,
             control: Mutex::new(control),
             errors,
@@ -257,6 +270,18 @@ impl Probe {
         }
     }
 
+    /// How many changes the kernel noted for the namespace with this cookie
+    /// that move no counter (request socket created, UDP connect); None when
+    /// the hooks are not attached (then any moment may hold such a change).
+    pub fn ns_changes(&self, cookie: u64) -> Option<u64> {
+        let map = self.ns_changes.as_ref()?;
+        match map.get(&cookie, 0) {
+            Ok(n) => Some(n),
+            Err(MapError::KeyNotFound) => Some(0),
+            Err(_) => None,
+        }
+    }
+
     /// Namespaces (inodes) the kernel side has counters for: every namespace
     /// a TCP event came from since the program was loaded.
     pub fn namespaces(&self) -> Vec<u32> {
@@ -307,6 +332,68 @@ impl Probe {
             .map(|info| info.recursion_misses)
             .unwrap_or(0)
     }
+}
+
+/// Attach the change hooks to the cgroup v2 root, where they see every
+/// socket on the host. aya attaches through a BPF link (kernel 5.7+),
+/// which always coexists with other programs and rejects the
+/// BPF_F_ALLOW_MULTI flag (EINVAL): hence `Single`.
+fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<HashMap<MapData, u64, u64>, ProbeError> {
+    use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+    let root = cgroup2_root().ok_or_else(|| {
+        ProbeError::Load("no cgroup v2 hierarchy mounted (see /proc/mounts)".into())
+    })?;
+    let dir = std::fs::File::open(&root)
+        .map_err(|e| ProbeError::Load(format!("cannot open {}: {e}", root.display())))?;
+    let load_err = |e: aya::programs::ProgramError| ProbeError::Load(render_chain(&e));
+    let missing = |name: &str| ProbeError::Load(format!("program {name} missing"));
+    let sock_ops: &mut SockOps = ebpf
+        .program_mut("netconn_sockops")
+        .ok_or_else(|| missing("netconn_sockops"))?
+        .try_into()
+        .map_err(load_err)?;
+    sock_ops.load().map_err(load_err)?;
+    sock_ops
+        .attach(&dir, CgroupAttachMode::Single)
+        .map_err(load_err)?;
+    for name in ["netconn_connect4", "netconn_connect6"] {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing(name))?
+            .try_into()
+            .map_err(load_err)?;
+        program.load().map_err(load_err)?;
+        program
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(load_err)?;
+    }
+    let map = ebpf
+        .take_map("NS_CHANGES")
+        .ok_or_else(|| ProbeError::Map("NS_CHANGES", "missing from the object".into()))?;
+    HashMap::try_from(map).map_err(|e| ProbeError::Map("NS_CHANGES", e.to_string()))
+}
+
+/// An error and its sources on one line (aya's Display stops at the call).
+fn render_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on unified hosts,
+/// /sys/fs/cgroup/unified on hybrid ones.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut f = line.split(' ');
+        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
