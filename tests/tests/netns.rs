@@ -277,6 +277,95 @@ fn every_namespace_is_counted_and_named() -> Result<()> {
     Ok(())
 }
 
+/// Each runtime's cgroup naming gives the namespace of a process inside it
+/// a container name: docker, containerd (CRI), CRI-O in a Kubernetes pod,
+/// podman, systemd-nspawn, and a bare Kubernetes pod (cgroupfs driver).
+#[test]
+fn container_runtimes_are_named_from_cgroup_paths() -> Result<()> {
+    require_root()?;
+    let home = Netns::create("nc-home")?;
+    let id = |n: u32| {
+        format!(
+            "{:08x}{:056x}",
+            0xc0ffee00u32 + n,
+            u64::from(std::process::id())
+        )
+    };
+    let uid = format!(
+        "{:08x}-1111-4222-8333-{:012x}",
+        std::process::id(),
+        0xabcdefu64
+    );
+    let cases: Vec<(String, &str, String, Option<String>)> = vec![
+        (
+            format!("system.slice/docker-{}.scope", id(1)),
+            "docker",
+            id(1),
+            None,
+        ),
+        (
+            format!("system.slice/cri-containerd-{}.scope", id(2)),
+            "containerd",
+            id(2),
+            None,
+        ),
+        (
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-{}.scope",
+                uid.replace('-', "_"),
+                id(3)
+            ),
+            "cri-o",
+            id(3),
+            Some(uid.clone()),
+        ),
+        (
+            format!("machine.slice/libpod-{}.scope", id(4)),
+            "podman",
+            id(4),
+            None,
+        ),
+        (
+            format!(
+                "machine.slice/systemd-nspawn@nc{}.service/payload",
+                std::process::id()
+            ),
+            "systemd-nspawn",
+            format!("nc{}", std::process::id()),
+            None,
+        ),
+        (
+            format!("kubepods/besteffort/pod{uid}"),
+            "kubernetes",
+            uid.clone(),
+            Some(uid.clone()),
+        ),
+    ];
+    let mut held = Vec::new();
+    for (path, ..) in &cases {
+        let ns = Unnamed::start()?;
+        let cgroup = Cgroup::place(path, ns.pid())?;
+        held.push((ns, cgroup));
+    }
+    let agent = Agent::start_in(Some(&home), &[])?;
+    for ((ns, _), (path, runtime, id, pod)) in held.iter().zip(&cases) {
+        let e = wait_listed(&agent, ns.inode()?, SETTLE)?;
+        ensure!(e["container"]["runtime"] == *runtime, "{path}: {e}");
+        ensure!(e["container"]["id"] == id.as_str(), "{path}: {e}");
+        match pod {
+            Some(pod) => ensure!(e["container"]["pod"] == pod.as_str(), "{path}: {e}"),
+            None => ensure!(e["container"].get("pod").is_none(), "{path}: {e}"),
+        }
+    }
+    agent.stop()?;
+    // Processes first, then their cgroups.
+    for (ns, cgroup) in held {
+        drop(ns);
+        drop(cgroup);
+    }
+    Ok(())
+}
+
 /// A namespace that appears while the agent runs is counted within 1 s of
 /// its first socket; one that vanishes is forgotten.
 #[test]
