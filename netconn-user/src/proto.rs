@@ -353,6 +353,20 @@ pub struct Alert {
     #[serde(with = "rfc3339")]
     pub since: SystemTime,
     pub offenders: Offenders,
+    /// The namespace it concerns (inode, name, container).
+    #[serde(flatten)]
+    pub namespace: AlertNamespace,
+}
+
+/// Which network namespace an alert concerns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertNamespace {
+    #[serde(default)]
+    pub netns: u32,
+    #[serde(default)]
+    pub netns_name: String,
+    #[serde(default)]
+    pub container: Option<Container>,
 }
 
 /// JSON: `{"event": "fired", ...alert}`, `{"event": "cleared", "rule": ...}`.
@@ -369,6 +383,8 @@ pub enum AlertEvent {
         #[serde(with = "rfc3339")]
         cleared_at: SystemTime,
         message: String,
+        #[serde(flatten)]
+        namespace: AlertNamespace,
     },
 }
 

@@ -247,3 +247,70 @@ fn bad_rules_file_is_one_clear_line() -> Result<()> {
     let _ = std::fs::remove_file(&rules);
     Ok(())
 }
+
+/// A rule scoped to other namespaces (`netns = "..."`) watches a leaker in
+/// a namespace the agent is not in; the alert names that namespace, and a
+/// rule without a scope (the agent's own namespace only) stays quiet.
+#[test]
+fn scoped_rule_names_the_namespace_it_fired_in() -> Result<()> {
+    require_root()?;
+    let home = Netns::create("nc-leakhome")?;
+    let away = Netns::create("nc-leakaway")?;
+    let rules = std::env::temp_dir().join(format!("nc-scoped-{}.toml", std::process::id()));
+    std::fs::write(
+        &rules,
+        format!(
+            r#"
+[[rule]]
+name = "away-cw-age"
+kind = "age"
+family = "tcp"
+state = "CLOSE_WAIT"
+older_than = "3s"
+netns = "{}"
+
+[[rule]]
+name = "own-cw-age"
+kind = "age"
+family = "tcp"
+state = "CLOSE_WAIT"
+older_than = "3s"
+"#,
+            away.name()
+        ),
+    )?;
+    let agent = Agent::start_in(
+        Some(&home),
+        &["--rules", rules.to_str().unwrap_or_default()],
+    )?;
+    let (mut watcher, alerts) = alert_watcher(&agent)?;
+    let mut leaker = Leaker::start(&away, 47311, false)?;
+    let (fired, _) = wait_for(&alerts, "a fired alert", Duration::from_secs(20), |a| {
+        a["event"] == "fired"
+    })?;
+    ensure!(fired["rule"] == "away-cw-age", "{fired}");
+    ensure!(fired["netns_name"] == away.name(), "{fired}");
+    ensure!(fired["netns"].is_u64(), "{fired}");
+    ensure!(
+        fired["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(away.name())),
+        "{fired}"
+    );
+    let ports = fired["offenders"]["ports"].to_string();
+    ensure!(
+        ports.contains("47311"),
+        "offenders from the other namespace: {fired}"
+    );
+    let (line, code) = check_leaks(&agent)?;
+    ensure!(code == 1 && line.contains(away.name()), "{line}");
+    leaker.release()?;
+    wait_for(&alerts, "the clear", Duration::from_secs(20), |a| {
+        a["event"] == "cleared" && a["netns_name"] == away.name()
+    })?;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let _ = std::fs::remove_file(&rules);
+    agent.stop()?;
+    Ok(())
+}

@@ -5,6 +5,8 @@
 //! --alerts` subscribers, and to the active list that `check --leaks` reads.
 
 use std::{
+    collections::BTreeMap,
+    path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant, SystemTime},
 };
@@ -17,8 +19,11 @@ use super::{
     tracker::Tracker,
 };
 use crate::{
-    kernel::diag::{self, Kind, Proto},
-    proto::{Alert, AlertEvent, WatchLine},
+    kernel::{
+        diag::{self, Kind, Proto},
+        netns,
+    },
+    proto::{Alert, AlertEvent, AlertNamespace, WatchLine},
 };
 
 const TICK: Duration = Duration::from_secs(1);
@@ -37,40 +42,143 @@ impl ActiveAlerts {
     }
 }
 
+/// One detector per namespace that some rule watches (see `leaks::Scope`),
+/// each with the rules that watch it.
+struct Watched {
+    detector: Detector,
+    namespace: AlertNamespace,
+    own: bool,
+    path: Option<PathBuf>,
+}
+
 /// Run until the tracker stops.
 pub fn run(tracker: &Tracker, hub: &Hub, active: &ActiveAlerts, rules: Vec<Rule>) {
-    let mut detector = Detector::new(rules);
+    let mut watched: BTreeMap<u32, Watched> = BTreeMap::new();
     while !tracker.stopped() {
         let started = Instant::now();
-        let counts = match tracker.snapshot(None) {
-            Ok(reply) => reply.counts,
-            Err(e) => {
-                log::error!("leak check: {e}");
-                std::thread::sleep(TICK);
+        let mut events = Vec::new();
+        // Namespaces come and go: start and retire detectors to match.
+        let present = tracker.namespace_list();
+        for ns in &present {
+            let own = ns.inode == tracker.netns();
+            let mine: Vec<Rule> = rules
+                .iter()
+                .filter(|r| r.scope.matches(own, &ns.name, ns.container.as_ref()))
+                .cloned()
+                .collect();
+            if mine.is_empty() || watched.contains_key(&ns.inode) {
                 continue;
             }
-        };
-        let wanted = detector.states_needing_sockets(&counts);
-        let sockets = match sockets_in(tracker, &wanted) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("leak check: {e}");
-                std::thread::sleep(TICK);
-                continue;
+            watched.insert(
+                ns.inode,
+                Watched {
+                    detector: Detector::new(mine),
+                    namespace: AlertNamespace {
+                        netns: ns.inode,
+                        netns_name: ns.name.clone(),
+                        container: ns.container.clone(),
+                    },
+                    own,
+                    path: ns.path.clone(),
+                },
+            );
+        }
+        let gone: Vec<u32> = watched
+            .keys()
+            .copied()
+            .filter(|i| !present.iter().any(|n| n.inode == *i))
+            .collect();
+        for inode in gone {
+            if let Some(w) = watched.remove(&inode) {
+                for alert in w.detector.active() {
+                    events.push(tag(
+                        &w,
+                        AlertEvent::Cleared {
+                            rule: alert.rule.clone(),
+                            since: alert.since,
+                            cleared_at: SystemTime::now(),
+                            message: format!("{} cleared: the namespace is gone", alert.rule),
+                            namespace: AlertNamespace::default(),
+                        },
+                    ));
+                }
             }
-        };
-        let tick = Tick {
-            now: Instant::now(),
-            wall: SystemTime::now(),
-            counts: &counts,
-            sockets: &sockets,
-        };
-        let events = detector.tick(&tick);
-        publish(&events, detector.active(), active, |event| {
-            report(hub, event)
-        });
+        }
+        for (inode, w) in watched.iter_mut() {
+            match tick_one(tracker, *inode, w) {
+                Ok(fresh) => events.extend(fresh.into_iter().map(|e| tag(w, e))),
+                Err(e) => log::error!("leak check in {}: {e}", w.namespace.netns_name),
+            }
+        }
+        let now_active: Vec<Alert> = watched
+            .values()
+            .flat_map(|w| w.detector.active().into_iter().map(|a| tag_alert(w, a)))
+            .collect();
+        publish(&events, now_active, active, |event| report(hub, event));
         std::thread::sleep(TICK.saturating_sub(started.elapsed()));
     }
+}
+
+/// One tick of one namespace's detector.
+fn tick_one(tracker: &Tracker, inode: u32, w: &mut Watched) -> Result<Vec<AlertEvent>, String> {
+    let counts = tracker.snapshot(Some(&inode.to_string()))?.counts;
+    let wanted = w.detector.states_needing_sockets(&counts);
+    let sockets = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        match &w.path {
+            None => sockets_in(tracker, &wanted).map_err(|e| e.to_string())?,
+            Some(path) => netns::run_in(path, || sockets_in(tracker, &wanted))
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        }
+    };
+    let tick = Tick {
+        now: Instant::now(),
+        wall: SystemTime::now(),
+        counts: &counts,
+        sockets: &sockets,
+    };
+    Ok(w.detector.tick(&tick))
+}
+
+/// An alert of another namespace than the agent's own names it in its
+/// message, so that `check --leaks` and logs say where.
+fn tag_alert(w: &Watched, mut alert: Alert) -> Alert {
+    if !w.own {
+        alert.message = format!("{}: {}", label(&w.namespace), alert.message);
+    }
+    alert.namespace = w.namespace.clone();
+    alert
+}
+
+fn tag(w: &Watched, event: AlertEvent) -> AlertEvent {
+    match event {
+        AlertEvent::Fired(a) => AlertEvent::Fired(tag_alert(w, a)),
+        AlertEvent::Updated(a) => AlertEvent::Updated(tag_alert(w, a)),
+        AlertEvent::Cleared {
+            rule,
+            since,
+            cleared_at,
+            message,
+            ..
+        } => AlertEvent::Cleared {
+            rule,
+            since,
+            cleared_at,
+            message: if w.own {
+                message
+            } else {
+                format!("{}: {message}", label(&w.namespace))
+            },
+            namespace: w.namespace.clone(),
+        },
+    }
+}
+
+/// `netns blue` or `netns docker:0123456789ab`.
+fn label(ns: &AlertNamespace) -> String {
+    format!("netns {}", ns.netns_name)
 }
 
 /// The sockets of the wanted (family, state) pairs in the agent's namespace,
@@ -152,8 +260,9 @@ fn report(hub: &Hub, event: &AlertEvent) {
                 "updated"
             };
             log::warn!(
-                "alert={what} rule={} kind={} severity={:?} family={} state={} value={} threshold={} message={:?}",
+                "alert={what} rule={} netns={} kind={} severity={:?} family={} state={} value={} threshold={} message={:?}",
                 a.rule,
+                a.namespace.netns_name,
                 a.kind.name(),
                 a.severity,
                 a.family,
@@ -163,8 +272,16 @@ fn report(hub: &Hub, event: &AlertEvent) {
                 a.message
             );
         }
-        AlertEvent::Cleared { rule, message, .. } => {
-            log::info!("alert=cleared rule={rule} message={message:?}");
+        AlertEvent::Cleared {
+            rule,
+            message,
+            namespace,
+            ..
+        } => {
+            log::info!(
+                "alert=cleared rule={rule} netns={} message={message:?}",
+                namespace.netns_name
+            );
         }
     }
     let line = WatchLine::Alert {
@@ -199,6 +316,7 @@ mod tests {
             since: alert.since,
             cleared_at: SystemTime::now(),
             message: "gone".into(),
+            namespace: Default::default(),
         };
         let mut seen = 0;
         publish(&[cleared], Vec::new(), &active, |event| {

@@ -71,6 +71,15 @@ pub(super) struct Untracked {
     pub took: Duration,
 }
 
+/// What other parts of the agent need to know of a namespace.
+pub struct NamespaceInfo {
+    pub inode: u32,
+    pub name: String,
+    pub container: Option<Container>,
+    /// The way in; None for the agent's own namespace.
+    pub path: Option<PathBuf>,
+}
+
 /// One network namespace the agent tracks.
 pub(super) struct Namespace {
     pub inode: u32,
@@ -410,6 +419,19 @@ impl Tracker {
             nested_events: health.nested_events,
             nested_handled: health.nested_handled,
         }
+    }
+
+    /// Every tracked namespace: inode, name, container and the way in.
+    pub fn namespace_list(&self) -> Vec<NamespaceInfo> {
+        read_lock(&self.namespaces)
+            .values()
+            .map(|n| NamespaceInfo {
+                inode: n.inode,
+                name: n.name.clone(),
+                container: n.container.clone(),
+                path: n.path.clone(),
+            })
+            .collect()
     }
 
     /// Inode -> name of every tracked namespace, and the version it is at.

@@ -30,11 +30,13 @@ use std::{
 };
 
 pub use owners::Owners;
-pub use rules::{Condition, Rule, default_rules, load_rules};
+pub use rules::{Condition, Rule, Scope, default_rules, load_rules};
 
 use netconn_common::{Counts, Family, State};
 
-use crate::proto::{Alert, AlertEvent, Offenders, PortCount, RemoteCount, RuleKind};
+use crate::proto::{
+    Alert, AlertEvent, AlertNamespace, Offenders, PortCount, RemoteCount, RuleKind,
+};
 
 /// Entries kept in each offenders list.
 const TOP: usize = 5;
@@ -174,6 +176,7 @@ impl Detector {
                         since: active.alert.since,
                         cleared_at: tick.wall,
                         message,
+                        namespace: AlertNamespace::default(),
                     });
                     t.active = None;
                 }
@@ -227,6 +230,7 @@ impl Detector {
                         threshold: threshold(&t.rule),
                         since: tick.wall,
                         offenders,
+                        namespace: AlertNamespace::default(),
                     };
                     events.push(AlertEvent::Fired(alert.clone()));
                     t.active = Some(Active {

@@ -32,7 +32,9 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use netconn_common::{Family, State};
 
-use crate::proto::{RuleKind, Severity};
+use wildmatch::WildMatch;
+
+use crate::proto::{Container, RuleKind, Severity};
 
 /// Which families a rule adds up, by the names `stats --json` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +91,40 @@ impl Condition {
     }
 }
 
+/// Which network namespaces a rule watches. Without `netns` or `container`
+/// only the agent's own (as before namespaces were tracked); otherwise every
+/// namespace whose name matches `netns` and whose container matches
+/// `container`, both globs (`*`, `?`): `netns = "*"` watches all of them,
+/// `container = "docker:*"` every Docker container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scope {
+    pub netns: Option<String>,
+    pub container: Option<String>,
+}
+
+impl Scope {
+    pub fn matches(&self, own: bool, name: &str, container: Option<&Container>) -> bool {
+        if self.netns.is_none() && self.container.is_none() {
+            return own;
+        }
+        let netns_ok = self
+            .netns
+            .as_ref()
+            .is_none_or(|g| WildMatch::new(g).matches(name));
+        let container_ok = self.container.as_ref().is_none_or(|g| {
+            container.is_some_and(|c| {
+                let glob = WildMatch::new(g);
+                glob.matches(&format!("{}:{}", c.runtime, c.id)) || glob.matches(&c.id)
+            })
+        });
+        netns_ok && container_ok
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
+    /// The namespaces it watches.
+    pub scope: Scope,
     pub name: String,
     pub family: FamilyGroup,
     pub state: State,
@@ -128,6 +162,7 @@ fn name_suffix(name: &Option<String>) -> String {
 pub fn default_rules() -> Vec<Rule> {
     let tcp = FamilyGroup::new("tcp", &[Family::Tcp4, Family::Tcp6]);
     let rule = |name: &str, state, condition| Rule {
+        scope: Scope::default(),
         name: name.to_string(),
         family: tcp,
         state,
@@ -171,8 +206,10 @@ pub fn load_rules(path: &Path) -> Result<Vec<Rule>, RulesError> {
 }
 
 /// The keys a `[[rule]]` table may have.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 13] = [
     "name",
+    "netns",
+    "container",
     "kind",
     "family",
     "state",
@@ -398,7 +435,12 @@ fn build_rule(mut raw: RawRule) -> Result<Rule, String> {
             kind.name()
         ),
     };
+    let scope = Scope {
+        netns: raw.string("netns")?,
+        container: raw.string("container")?,
+    };
     Ok(Rule {
+        scope,
         name,
         family,
         state,
@@ -496,6 +538,45 @@ mod tests {
         );
         assert!(d.iter().all(|r| r.severity == Severity::Warning));
         assert!(d.iter().all(|r| r.family.name == "tcp"));
+    }
+
+    #[test]
+    fn scopes_match_namespaces_and_containers_by_glob() {
+        let docker = Container {
+            runtime: "docker".into(),
+            id: "0123456789abcdef".into(),
+            pod: None,
+        };
+        let rules = parse_rules(
+            r#"
+            [[rule]]
+            kind = "count"
+            state = "CLOSE_WAIT"
+            above = 1
+            [[rule]]
+            kind = "count"
+            state = "CLOSE_WAIT"
+            above = 1
+            netns = "*"
+            [[rule]]
+            kind = "count"
+            state = "CLOSE_WAIT"
+            above = 1
+            container = "docker:0123*"
+            [[rule]]
+            kind = "count"
+            state = "CLOSE_WAIT"
+            above = 1
+            netns = "web-?"
+            "#,
+        )
+        .unwrap();
+        let m = |i: usize, own, name, c| rules[i].scope.matches(own, name, c);
+        assert!(m(0, true, "host", None) && !m(0, false, "blue", None));
+        assert!(m(1, false, "blue", None) && m(1, true, "host", None));
+        assert!(m(2, false, "docker:0123456789ab", Some(&docker)));
+        assert!(!m(2, false, "blue", None));
+        assert!(m(3, false, "web-1", None) && !m(3, false, "web-10", None));
     }
 
     #[test]

@@ -119,6 +119,7 @@ fn count_rule_fires_only_after_the_duration_and_clears() {
                 since,
                 cleared_at,
                 message,
+                ..
             },
         ] => {
             assert_eq!(rule, "time-wait-count");
