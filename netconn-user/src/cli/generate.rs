@@ -44,10 +44,21 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
 /// The completion script for `shell`, for the binary named `netconn`.
 /// Rendered into memory: clap_complete panics on a failed write.
 pub fn completion_script(shell: Shell) -> Vec<u8> {
-    let mut cmd = Cli::command();
+    let mut cmd = visible_command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "netconn", &mut out);
     out
+}
+
+/// [`Cli`] without its hidden commands: clap_complete offers hidden ones
+/// too, and clap cannot drop a subcommand, so the root is rebuilt from the
+/// visible ones (and any root arguments).
+fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("netconn")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// Write netconn.1 and a page per visible command into `args.dir`.
@@ -119,6 +130,10 @@ mod tests {
             for command in ["agent", "stats", "watch", "check", "completions"] {
                 assert!(text.contains(command), "{shell}: {command} missing");
             }
+            assert!(
+                !text.contains("generate-man"),
+                "{shell}: hidden command offered"
+            );
             // fish spells it `-l socket`.
             assert!(text.contains("socket"), "{shell}: options missing");
         }
