@@ -13,7 +13,10 @@ use netconn_common::{Counts, State};
 use serde::{Deserialize, Serialize};
 
 /// The agent's socket when neither `--socket` nor `NETCONN_SOCKET` is given.
-pub const DEFAULT_SOCKET: &str = "/run/netconn.sock";
+/// In a directory of its own so the systemd unit can serve it from a
+/// `RuntimeDirectory=` under a read-only /run, and clients find the packaged
+/// agent with no flag.
+pub const DEFAULT_SOCKET: &str = "/run/netconn/netconn.sock";
 
 /// Longest request line accepted; longer ones get an error and the
 /// connection is closed (there is no way to find the next request in it).

@@ -5,7 +5,7 @@
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -56,6 +56,15 @@ impl Bound {
             _ => ServerError::Io(path.to_path_buf(), e),
         };
         let gid = group.map(group_id).transpose()?;
+        // Started by hand, nothing has made the default's directory (under
+        // systemd, RuntimeDirectory= has); 0755 so group members reach the socket.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err)?;
+        }
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let lock_path = PathBuf::from(lock_path);

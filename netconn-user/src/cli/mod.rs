@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod client;
+pub mod generate;
 pub mod stats;
 pub mod watch;
 
@@ -11,13 +12,30 @@ use clap::{Parser, Subcommand};
 
 use crate::agent;
 
+/// Where things are, for `--help` and the man page's closing section.
+const AFTER_HELP: &str = "\
+Files:
+  /run/netconn/netconn.sock
+      the agent's socket (mode 0660; --group gives a group access)
+  /usr/lib/systemd/system/netconn.service
+      the packaged unit; members of group netconn may query it
+  /usr/share/netconn/
+      example leak rules and monitoring files
+
+Environment:
+  NETCONN_SOCKET   socket path for every command (as --socket)
+  NETCONN_LOG      agent log level: error, warn, info (default), debug
+
+See netconn-agent(1), netconn-stats(1), netconn-watch(1), netconn-check(1).";
+
 /// The whole command line, one definition for the binary (and for man
 /// pages and completions).
 #[derive(Parser, Debug)]
 #[command(
     name = "netconn",
     version,
-    about = "Exact live TCP/UDP connection-state counts from the kernel"
+    about = "Exact live TCP/UDP connection-state counts from the kernel",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,6 +53,11 @@ pub enum Command {
     /// Nagios/Icinga plugin: check connection counts against thresholds.
     #[command(disable_version_flag = true)]
     Check(check::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(generate::CompletionsArgs),
+    /// Write the man pages into a directory (used by packaging).
+    #[command(hide = true)]
+    GenerateMan(generate::GenerateManArgs),
 }
 
 /// A `--netns` value as sent to the agent: a path (which only this process

@@ -37,9 +37,7 @@ pub enum ProbeError {
         "kernel has no tracepoint sock:{TRACEPOINT} in its BTF (needs Linux 4.16+ with CONFIG_DEBUG_INFO_BTF)"
     )]
     NoTracepoint,
-    #[error(
-        "permission denied loading eBPF: run as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
-    )]
+    #[error("permission denied loading eBPF: run as root (or with CAP_BPF and CAP_PERFMON)")]
     Permission,
     #[error("the eBPF object is empty: it was built with AYA_BUILD_SKIP=1; rebuild without it")]
     EmptyObject,

@@ -478,3 +478,13 @@ fn events_serialize_as_tagged_snake_case_json_and_back() {
         r#"{"ports":[{"port":80,"sockets":2}],"remotes":[{"addr":"[::1]:5432","sockets":1}],"processes":[]}"#
     );
 }
+
+/// The packaged example (deploy/leak-rules.example.toml) must load and say
+/// exactly what the agent does without --rules, or it teaches the wrong thing.
+#[test]
+fn packaged_example_rules_are_the_defaults() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/leak-rules.example.toml");
+    let loaded = load_rules(&path).unwrap();
+    assert_eq!(loaded, default_rules());
+}
