@@ -5,6 +5,7 @@
 //!   programs with the request socket for BPF_SOCK_OPS_RWND_INIT;
 //! - a UDP socket connects (CLOSE -> ESTABLISHED with no counter moving):
 //!   the cgroup connect4/connect6 hooks.
+//!
 //! Both count into `NS_CHANGES`, keyed by the namespace's cookie (never
 //! reused, unlike its inode). Attached to the cgroup v2 root, so they run
 //! for every socket on the host.
@@ -62,10 +63,10 @@ fn udp_connect(ctx: &SockAddrContext) -> i32 {
 fn changed(ctx: *mut core::ffi::c_void) {
     // SAFETY: a program context bpf_get_netns_cookie accepts.
     let cookie = unsafe { bpf_get_netns_cookie(ctx) };
-    if let Some(n) = NS_CHANGES.get_ptr_mut(&cookie) {
+    if let Some(n) = NS_CHANGES.get_ptr_mut(cookie) {
         // SAFETY: our own map value; other CPUs may add at the same time.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
     } else {
-        let _ = NS_CHANGES.insert(&cookie, &1, BPF_NOEXIST as u64);
+        let _ = NS_CHANGES.insert(cookie, 1, BPF_NOEXIST as u64);
     }
 }
