@@ -208,8 +208,6 @@ pub fn load_rules(path: &Path) -> Result<Vec<Rule>, RulesError> {
 /// The keys a `[[rule]]` table may have.
 const KEYS: [&str; 13] = [
     "name",
-    "netns",
-    "container",
     "kind",
     "family",
     "state",
@@ -220,6 +218,8 @@ const KEYS: [&str; 13] = [
     "window",
     "older_than",
     "min_sockets",
+    "netns",
+    "container",
 ];
 
 /// One `[[rule]]` table, read key by key so that every error names its key.
@@ -550,20 +550,24 @@ mod tests {
         let rules = parse_rules(
             r#"
             [[rule]]
+            name = "own"
             kind = "count"
             state = "CLOSE_WAIT"
             above = 1
             [[rule]]
+            name = "all"
             kind = "count"
             state = "CLOSE_WAIT"
             above = 1
             netns = "*"
             [[rule]]
+            name = "docker"
             kind = "count"
             state = "CLOSE_WAIT"
             above = 1
             container = "docker:0123*"
             [[rule]]
+            name = "web"
             kind = "count"
             state = "CLOSE_WAIT"
             above = 1
