@@ -228,7 +228,12 @@ pub struct Meta {
     /// Why not exact (empty when exact).
     pub inexact: Vec<String>,
     pub seed: SeedReport,
+    /// Re-seeds that concerned this namespace (its own drift, or kernel-side
+    /// trouble, which concerns all).
     pub reseeds: u64,
+    /// Re-seeds of the whole agent, whatever namespace caused them.
+    #[serde(default)]
+    pub reseeds_total: u64,
     /// Events the kernel skipped for the primary program (it was running on
     /// that CPU when a softirq fired the tracepoint again) and how many of
     /// them the backup program handled: equal when nothing was lost.

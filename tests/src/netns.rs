@@ -57,11 +57,10 @@ impl Netns {
         &self.name
     }
 
-    /// `ip netns exec NAME program`: add arguments and run it.
+    /// `program` inside this namespace (see [`command_in`]): add arguments
+    /// and run it.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
+        command_in(Some(&self.name), program)
     }
 
     /// [`crate::ss_counts`] inside this namespace.
@@ -100,23 +99,23 @@ impl Drop for Netns {
     }
 }
 
-/// `program` run inside a network namespace: a name goes through `ip netns
-/// exec NAME`, a path (e.g. /proc/PID/ns/net of an unnamed namespace)
-/// through `nsenter --net=PATH`; `None` runs it here.
+/// `program` run inside a network namespace: a name (`/run/netns/NAME`) or
+/// a namespace file (e.g. /proc/PID/ns/net of an unnamed namespace);
+/// `None` runs it here. Through `nsenter --net=`, not `ip netns exec`, which
+/// remounts /sys and so hides bpffs and the cgroup v2 hierarchy the agent
+/// attaches its change hooks to.
 pub fn command_in(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
-    match netns {
-        Some(path) if path.starts_with('/') => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={path}")).arg("--").arg(program);
-            c
-        }
-        Some(name) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", name]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
+    let Some(netns) = netns else {
+        return Command::new(program);
+    };
+    let path = if netns.starts_with('/') {
+        netns.to_string()
+    } else {
+        format!("/run/netns/{netns}")
+    };
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={path}")).arg("--").arg(program);
+    c
 }
 
 /// Creates a fresh namespace, runs `f` inside it (see [`Netns::run`]), and

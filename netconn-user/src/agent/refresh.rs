@@ -91,6 +91,7 @@ impl Tracker {
                 path,
                 untracked: None,
                 drift: None,
+                reseeds: 0,
             });
         }
         if !known.contains(&own) && !fresh.iter().any(|n| n.inode == own) {
@@ -113,6 +114,7 @@ impl Tracker {
                 cookie: cookie_of(None),
                 untracked: None,
                 drift: None,
+                reseeds: 0,
             });
         }
         let gone: Vec<u32> = known
@@ -193,7 +195,8 @@ impl Tracker {
     /// One pass: for each namespace, read the kernel's O(1) counters and
     /// re-dump its untracked part only if something it depends on may have
     /// changed; otherwise the part stands confirmed as of now.
-    fn refresh_pass(&self, watches: &mut HashMap<u32, Watch>) -> Option<String> {
+    /// Returns the first namespace found drifting, and why.
+    fn refresh_pass(&self, watches: &mut HashMap<u32, Watch>) -> Option<(u32, String)> {
         let generation = self.current.get();
         type Target = (u32, Option<std::path::PathBuf>, Option<u32>, Option<u64>);
         let targets: Vec<Target> = read_lock(&self.namespaces)
@@ -258,7 +261,7 @@ impl Tracker {
             if let Some(reason) = &drift
                 && drifted.is_none()
             {
-                drifted = Some(reason.clone());
+                drifted = Some((inode, reason.clone()));
             }
             let mut namespaces = write_lock(&self.namespaces);
             let Some(ns) = namespaces.get_mut(&inode) else {
@@ -313,15 +316,20 @@ impl Tracker {
                 known_kernel = kernel_seen.into_iter().map(|i| (i, ())).collect();
             }
             let drifted = self.refresh_pass(&mut watches);
-            let reason = generation.health().reasons.into_iter().next().or(drifted);
-            if let Some(reason) = reason {
+            // Kernel-side trouble concerns every namespace; drift, the one
+            // that drifted.
+            let trouble = match generation.health().reasons.into_iter().next() {
+                Some(reason) => Some((None, reason)),
+                None => drifted.map(|(inode, reason)| (Some(inode), reason)),
+            };
+            if let Some((cause, reason)) = trouble {
                 let room = generation.probe.tracked_total()
                     < i64::from(generation.probe.max_sockets()) * 9 / 10;
                 let backoff_over = last_reseed.is_none_or(|t| t.elapsed() > RESEED_BACKOFF);
                 if room && backoff_over {
                     log::warn!("counts inexact ({reason}); re-seeding");
                     last_reseed = Some(Instant::now());
-                    match self.reseed() {
+                    match self.reseed(cause) {
                         Ok(()) => {
                             watches.clear();
                             kernel::release_freed_memory();
@@ -336,8 +344,9 @@ impl Tracker {
     }
 
     /// Attach a fresh generation beside the current one, seed every tracked
-    /// namespace into it, and swap it in.
-    fn reseed(&self) -> Result<(), TrackerError> {
+    /// namespace into it, and swap it in. `cause`: the namespace whose
+    /// counts were wrong (None: all of them).
+    fn reseed(&self, cause: Option<u32>) -> Result<(), TrackerError> {
         let fresh = Generation::attach(&self.config)?;
         fresh.begin_seeding()?;
         let targets: Vec<(u32, Option<std::path::PathBuf>)> = read_lock(&self.namespaces)
@@ -360,6 +369,9 @@ impl Tracker {
         self.reseeds.fetch_add(1, Ordering::Relaxed);
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;
+            if cause.is_none_or(|c| c == ns.inode) {
+                ns.reseeds += 1;
+            }
         }
         Ok(())
     }

@@ -94,6 +94,9 @@ pub(super) struct Namespace {
     pub untracked: Option<Untracked>,
     /// Why this namespace's counts are not trusted (drift), if so.
     pub drift: Option<String>,
+    /// Re-seeds that concerned it: its own drift, or trouble on the kernel
+    /// side (which concerns every namespace).
+    pub reseeds: u64,
 }
 
 impl Namespace {
@@ -313,6 +316,7 @@ impl Tracker {
                 netns_name: ns.name.clone(),
                 refreshed_age_ms: millis(refreshed_age),
                 refresh_ms: millis(refresh_took),
+                reseeds: ns.reseeds,
                 ..self.meta(&generation, &health, namespaces.len(), reasons)
             },
         })
@@ -416,6 +420,7 @@ impl Tracker {
             inexact,
             seed: generation.report(),
             reseeds: self.reseeds.load(Ordering::Relaxed),
+            reseeds_total: self.reseeds.load(Ordering::Relaxed),
             nested_events: health.nested_events,
             nested_handled: health.nested_handled,
         }
