@@ -87,6 +87,7 @@ impl Tracker {
                 path: (f.inode != own).then(|| f.path.clone()),
                 untracked: None,
                 drift: None,
+                moved: None,
             });
         }
         if !known.contains(&own) && !fresh.iter().any(|n| n.inode == own) {
@@ -108,6 +109,7 @@ impl Tracker {
                 path: None,
                 untracked: None,
                 drift: None,
+                moved: None,
             });
         }
         let gone: Vec<u32> = known
@@ -231,6 +233,7 @@ impl Tracker {
                 }
             };
             let tracked = self.tracked(&generation, inode, &mut Vec::new());
+            let moved = stat.and_then(|stat| family_moved(&tracked, &stat));
             let drift = stat.and_then(|stat| {
                 watch.drift.check(&tracked, &stat)?;
                 watch.drift.reason()
@@ -245,6 +248,7 @@ impl Tracker {
                 continue;
             };
             ns.drift = drift;
+            ns.moved = moved;
             match (untracked, ns.untracked.as_mut()) {
                 (Some(counts), _) => {
                     ns.untracked = Some(Untracked {
@@ -331,10 +335,16 @@ impl Tracker {
         }
         fresh.end_seeding()?;
         log::info!("re-seeded: {:?}", fresh.report());
+        let retired = self.current.get();
         self.current.install(fresh);
+        // After the swap: a reader in between sees fewer losses, never the
+        // old generation's twice (and `events_missed` never goes back).
+        self.missed_retired
+            .fetch_add(retired.health().lost, Ordering::Relaxed);
         self.reseeds.fetch_add(1, Ordering::Relaxed);
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;
+            ns.moved = None;
         }
         Ok(())
     }
