@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_metrics;
 mod bench_stream;
 
 use anyhow::{Context as _, bail};
@@ -24,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build needs (LLVM 22, rust-src for nightly, bpf-linker) and mount tracefs/bpffs.
+    /// Install what the build and tests need (LLVM 22, rust-src for nightly, bpf-linker, Prometheus) and mount tracefs/bpffs.
     Setup,
     /// Build the release `netconn` binary (with its eBPF program).
     Build,
@@ -39,7 +40,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark: check latency against the agent, the netlink fallback and ss, at scale.
+    /// Benchmark: check latency against the agent, the netlink fallback and ss, at scale; the stream; the parser; a metrics scrape over many namespaces.
     Bench {
         /// Largest population to build (spread over several processes).
         #[arg(long, default_value_t = 200_000)]
@@ -53,8 +54,14 @@ enum Task {
         /// Seconds of churn per phase of the stream benchmark.
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
+        /// Network namespaces the metrics benchmark builds (the 300).
+        #[arg(long, default_value_t = 300)]
+        namespaces: usize,
+        /// Scrapes the metrics benchmark times.
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
         /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream", "diag"], default_value = "all")]
+        #[arg(long, value_parser = ["all", "check", "stream", "diag", "metrics"], default_value = "all")]
         part: String,
     },
 }
@@ -71,6 +78,8 @@ fn main() -> ExitCode {
             queries,
             runs,
             stream_seconds,
+            namespaces,
+            scrapes,
             part,
         } => setup_if_needed().and_then(|()| {
             let netconn = build()?;
@@ -99,6 +108,9 @@ fn main() -> ExitCode {
                     "diag_parse",
                 ]))?;
             }
+            if part == "all" || part == "metrics" {
+                bench_metrics::run(&netconn, namespaces, scrapes)?;
+            }
             Ok(())
         }),
     };
@@ -113,6 +125,8 @@ fn main() -> ExitCode {
 
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian's Prometheus server; it ships promtool too.
+const PROMETHEUS_PACKAGE: &str = "prometheus";
 
 fn say(msg: &str) {
     eprintln!("xtask: {msg}");
@@ -161,6 +175,14 @@ fn missing() -> Vec<&'static str> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         out.push("bpf-linker");
     }
+    // The metrics test runs the real Prometheus server against the agent
+    // and checks the exposition and rules with its promtool.
+    if !["prometheus", "promtool"]
+        .iter()
+        .all(|tool| succeeds(Command::new(tool).arg("--version")))
+    {
+        out.push("prometheus");
+    }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         out.push("tracefs");
     }
@@ -195,6 +217,23 @@ fn setup() -> anyhow::Result<()> {
         status(
             Command::new("apt-get")
                 .args(["install", "-y", "-qq", LLVM_PACKAGE])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if missing.contains(&"prometheus") {
+        say(&format!(
+            "installing {PROMETHEUS_PACKAGE} (server and promtool, for the metrics test; its service is not started)"
+        ));
+        status(Command::new("apt-get").args(["update", "-qq"]))?;
+        status(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    PROMETHEUS_PACKAGE,
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
