@@ -163,7 +163,8 @@ fn metrics_input(agent: &Agent) -> metrics::MetricsInput {
             name: ns.name,
             container: ns
                 .container
-                .map(|c| format!("{}:{}", c.runtime, naming::short_id(&c.id)))
+                .as_ref()
+                .map(container_label)
                 .unwrap_or_default(),
             counts: ns.counts,
             exact: ns.exact,
@@ -197,6 +198,13 @@ fn metrics_input(agent: &Agent) -> metrics::MetricsInput {
     }
 }
 
+/// The `container` label: `runtime:id` with the id as people see it
+/// (`docker:0123456789ab`; a machine name or pod UID whole), like the
+/// namespace names `naming` gives.
+fn container_label(c: &proto::Container) -> String {
+    format!("{}:{}", c.runtime, naming::short_id(&c.id))
+}
+
 /// A named thread running `work` on the shared agent until it stops.
 fn spawn(
     agent: &Arc<Agent>,
@@ -208,4 +216,29 @@ fn spawn(
         .name(name.into())
         .spawn(move || work(&agent))
         .with_context(|| format!("starting the {name} thread"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_labels_use_the_short_id() {
+        let c = |runtime: &str, id: &str| proto::Container {
+            runtime: runtime.into(),
+            id: id.into(),
+            pod: None,
+        };
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(container_label(&c("docker", id)), "docker:0123456789ab");
+        assert_eq!(
+            container_label(&c("systemd-nspawn", "web1")),
+            "systemd-nspawn:web1"
+        );
+        let pod = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b";
+        assert_eq!(
+            container_label(&c("kubernetes", pod)),
+            format!("kubernetes:{pod}")
+        );
+    }
 }
