@@ -202,13 +202,14 @@ impl Tracker {
         for (inode, path, pid) in targets {
             let started = Instant::now();
             let stat = sockstat_of(inode, pid, path.as_deref());
-            // The IPV6_ADDRFORM verdict that metrics scrapes use, from our
-            // counts read right after the kernel's (as `stats` compares
-            // them), not after the dump below: churn during a dump could
-            // otherwise look like a socket that changed family.
-            let moved = stat.and_then(|stat| {
-                family_moved(&self.tracked(&generation, inode, &mut Vec::new()), &stat)
-            });
+            // Our full-socket counts read right after the kernel's, for the
+            // comparisons below (drift, and the IPV6_ADDRFORM verdict that
+            // metrics scrapes use), as `stats` compares them: read after the
+            // dump instead, a close in one family and an open in the other
+            // during the dump looked like a socket that changed family, and
+            // twice in a row under steady churn it forced a re-seed.
+            let tracked = self.tracked(&generation, inode, &mut Vec::new());
+            let moved = stat.and_then(|stat| family_moved(&tracked, &stat));
             let watch = watches.entry(inode).or_default();
             let has_part = read_lock(&self.namespaces)
                 .get(&inode)
@@ -239,7 +240,6 @@ impl Tracker {
                     }
                 }
             };
-            let tracked = self.tracked(&generation, inode, &mut Vec::new());
             let drift = stat.and_then(|stat| {
                 watch.drift.check(&tracked, &stat)?;
                 watch.drift.reason()
