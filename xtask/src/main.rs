@@ -222,7 +222,7 @@ fn setup() -> anyhow::Result<()> {
     }
     if missing.contains(&"prometheus") {
         say(&format!(
-            "installing {PROMETHEUS_PACKAGE} (server and promtool, for the metrics test; its service is not started)"
+            "installing {PROMETHEUS_PACKAGE} (server and promtool, for the metrics test; under systemd the package also starts its own service)"
         ));
         status(Command::new("apt-get").args(["update", "-qq"]))?;
         status(
