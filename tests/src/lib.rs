@@ -20,8 +20,10 @@
 
 pub mod agent;
 pub mod generator;
+pub mod http;
 pub mod netns;
 pub mod population;
+pub mod prom;
 pub mod spec;
 pub mod ss;
 

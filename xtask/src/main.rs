@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_metrics;
 mod bench_netns;
 mod bench_stream;
 
@@ -25,8 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build needs (LLVM 22, rust-src for nightly, bpf-linker), mount
-    /// tracefs/bpffs, and install the packaging tools (cargo-deb, man-db, systemd-analyze).
+    /// Install what the build and tests need (LLVM 22, rust-src for nightly, bpf-linker,
+    /// Prometheus), mount tracefs/bpffs, and install the packaging tools (cargo-deb, man-db,
+    /// systemd-analyze).
     Setup,
     /// Build the release `netconn` binary (with its eBPF program).
     Build,
@@ -43,7 +45,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark: check latency against the agent, the netlink fallback and ss, at scale.
+    /// Benchmark: check latency against the agent, the netlink fallback and ss, at scale; the stream; the parser; a metrics scrape over many namespaces.
     Bench {
         /// Largest population to build (spread over several processes).
         #[arg(long, default_value_t = 200_000)]
@@ -57,10 +59,13 @@ enum Task {
         /// Seconds of churn per phase of the stream benchmark.
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
+        /// Scrapes the metrics benchmark times.
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
         /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream", "diag", "netns"], default_value = "all")]
+        #[arg(long, value_parser = ["all", "check", "stream", "diag", "netns", "metrics"], default_value = "all")]
         part: String,
-        /// `--part netns`: how many small namespaces.
+        /// `--part netns` and `--part metrics`: how many small namespaces.
         #[arg(long, default_value_t = 300)]
         namespaces: usize,
         /// `--part netns`: sockets in each small namespace.
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
             queries,
             runs,
             stream_seconds,
+            scrapes,
             part,
             namespaces,
             per_namespace,
@@ -138,6 +144,9 @@ fn main() -> ExitCode {
                     "diag_parse",
                 ]))?;
             }
+            if part == "all" || part == "metrics" {
+                bench_metrics::run(&netconn, namespaces, scrapes)?;
+            }
             Ok(())
         }),
     };
@@ -154,6 +163,8 @@ const LLVM_PACKAGE: &str = "llvm-22-dev";
 /// Pinned, built with --locked: 3.8.0 builds on Rust 1.85+, so on our 1.95.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian's Prometheus server; it ships promtool too.
+const PROMETHEUS_PACKAGE: &str = "prometheus";
 
 fn say(msg: &str) {
     eprintln!("xtask: {msg}");
@@ -202,6 +213,14 @@ fn missing() -> Vec<&'static str> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         out.push("bpf-linker");
     }
+    // The metrics test runs the real Prometheus server against the agent
+    // and checks the exposition and rules with its promtool.
+    if !["prometheus", "promtool"]
+        .iter()
+        .all(|tool| succeeds(Command::new(tool).arg("--version")))
+    {
+        out.push("prometheus");
+    }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         out.push("tracefs");
     }
@@ -236,6 +255,23 @@ fn setup() -> anyhow::Result<()> {
         status(
             Command::new("apt-get")
                 .args(["install", "-y", "-qq", LLVM_PACKAGE])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if missing.contains(&"prometheus") {
+        say(&format!(
+            "installing {PROMETHEUS_PACKAGE} (server and promtool, for the metrics test; under systemd the package also starts its own service)"
+        ));
+        status(Command::new("apt-get").args(["update", "-qq"]))?;
+        status(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    PROMETHEUS_PACKAGE,
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }

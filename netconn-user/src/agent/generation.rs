@@ -51,6 +51,9 @@ pub(super) struct SeedTarget<'a> {
 pub(super) struct Health {
     /// Why the kernel-side counts cannot be trusted now (empty: they can).
     pub reasons: Vec<String>,
+    /// Events neither program handled (what the reasons report as lost),
+    /// for the metrics' `netconn_events_missed_total`.
+    pub lost: u64,
     pub nested_events: u64,
     pub nested_handled: u64,
 }
@@ -199,6 +202,7 @@ impl Generation {
         let misses = self.probe.primary_misses();
         let unbacked = self.probe.unbacked_misses();
         let handled = stats[STAT_BACKUP_HANDLED as usize] + unbacked;
+        let lost = unbacked + misses.saturating_sub(handled);
         if unbacked > 0 {
             reasons.push(format!("{unbacked} kernel events lost while attaching"));
         } else if misses > handled {
@@ -210,6 +214,7 @@ impl Generation {
         }
         Health {
             reasons,
+            lost,
             nested_events: misses,
             nested_handled: stats[STAT_BACKUP_HANDLED as usize],
         }

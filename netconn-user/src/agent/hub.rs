@@ -85,6 +85,9 @@ impl WatcherCounters {
 #[derive(Default)]
 pub struct Hub {
     watchers: Mutex<Vec<Watcher>>,
+    /// Every loss any watcher was told of, for the metrics: never reset
+    /// (a watcher's own counters are, each time it is told).
+    dropped: AtomicU64,
 }
 
 /// What a new watcher gets: its queue and its loss counters.
@@ -131,6 +134,7 @@ impl Hub {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         w.counters.slow.fetch_add(1, Ordering::Relaxed);
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
@@ -142,6 +146,7 @@ impl Hub {
     fn kernel_dropped(&self, n: u64) {
         for w in lock(&self.watchers).iter().filter(|w| w.events) {
             w.counters.kernel.fetch_add(n, Ordering::Relaxed);
+            self.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -151,8 +156,15 @@ impl Hub {
         for w in lock(&self.watchers).iter().filter(|w| w.alerts) {
             if w.queue.try_send(Arc::clone(&line)).is_err() {
                 w.counters.slow.fetch_add(1, Ordering::Relaxed);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Events (and alert lines) not delivered, summed over watchers, over
+    /// the agent's life.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -452,5 +464,8 @@ mod tests {
                 .unwrap()
                 .contains("\"kernel_ring\":3")
         );
+        // The metrics' total: 10 for the slow watcher, 3 kernel-ring losses
+        // for each of the two; taking a watcher's line does not reset it.
+        assert_eq!(hub.dropped_total(), 10 + 2 * 3);
     }
 }

@@ -29,7 +29,7 @@ pub fn describe(found: &Found, host_inode: Option<u32>) -> (String, Option<Conta
 }
 
 /// Docker and friends show 12 hex digits; pod UIDs stay whole.
-fn short_id(id: &str) -> &str {
+pub fn short_id(id: &str) -> &str {
     if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         &id[..12]
     } else {

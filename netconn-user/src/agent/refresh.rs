@@ -92,6 +92,7 @@ impl Tracker {
                 untracked: None,
                 drift: None,
                 reseeds: 0,
+                moved: None,
             });
         }
         if !known.contains(&own) && !fresh.iter().any(|n| n.inode == own) {
@@ -115,6 +116,7 @@ impl Tracker {
                 untracked: None,
                 drift: None,
                 reseeds: 0,
+                moved: None,
             });
         }
         let gone: Vec<u32> = known
@@ -213,6 +215,14 @@ impl Tracker {
             // as a new count next pass.
             let changes = cookie.and_then(|c| generation.probe.ns_changes(c));
             let stat = sockstat_of(inode, pid, path.as_deref());
+            // Our full-socket counts read right after the kernel's, for the
+            // comparisons below (drift, and the IPV6_ADDRFORM verdict that
+            // metrics scrapes use), as `stats` compares them: read after the
+            // dump instead, a close in one family and an open in the other
+            // during the dump looked like a socket that changed family, and
+            // twice in a row under steady churn it forced a re-seed.
+            let tracked = self.tracked(&generation, inode, &mut Vec::new());
+            let moved = stat.and_then(|stat| family_moved(&tracked, &stat));
             let watch = watches.entry(inode).or_default();
             let has_part = read_lock(&self.namespaces)
                 .get(&inode)
@@ -253,7 +263,6 @@ impl Tracker {
                     }
                 }
             };
-            let tracked = self.tracked(&generation, inode, &mut Vec::new());
             let drift = stat.and_then(|stat| {
                 watch.drift.check(&tracked, &stat)?;
                 watch.drift.reason()
@@ -268,6 +277,7 @@ impl Tracker {
                 continue;
             };
             ns.drift = drift;
+            ns.moved = moved;
             match (untracked, ns.untracked.as_mut()) {
                 (Some(counts), _) => {
                     ns.untracked = Some(Untracked {
@@ -365,13 +375,19 @@ impl Tracker {
         }
         fresh.end_seeding()?;
         log::info!("re-seeded: {:?}", fresh.report());
+        let retired = self.current.get();
         self.current.install(fresh);
+        // After the swap: a reader in between sees fewer losses, never the
+        // old generation's twice (and `events_missed` never goes back).
+        self.missed_retired
+            .fetch_add(retired.health().lost, Ordering::Relaxed);
         self.reseeds.fetch_add(1, Ordering::Relaxed);
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;
             if cause.is_none_or(|c| c == ns.inode) {
                 ns.reseeds += 1;
             }
+            ns.moved = None;
         }
         Ok(())
     }

@@ -97,6 +97,10 @@ pub(super) struct Namespace {
     /// Re-seeds that concerned it: its own drift, or trouble on the kernel
     /// side (which concerns every namespace).
     pub reseeds: u64,
+    /// The IPV6_ADDRFORM check (see [`family_moved`]) as the maintenance
+    /// pass last made it, against the sockstat it read anyway: what a
+    /// metrics scrape uses instead of reading /proc once per namespace.
+    pub moved: Option<String>,
 }
 
 impl Namespace {
@@ -169,7 +173,25 @@ pub struct Tracker {
     /// Why other namespaces are not tracked, if they are not.
     pub(super) limited: RwLock<Option<String>>,
     pub(super) reseeds: AtomicU64,
+    /// Events lost by generations already replaced: a re-seed starts its
+    /// generation's loss count afresh, the metrics' counter must not.
+    pub(super) missed_retired: AtomicU64,
+    /// The highest [`Tracker::events_missed`] answered, so the counter never
+    /// goes back while a re-seed swaps generations.
+    missed_answered: AtomicU64,
     stop: AtomicBool,
+}
+
+/// How an answer checks that no TCP socket changed family unseen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyCheck {
+    /// Read the namespace's sockstat now (a /proc read, or entering the
+    /// namespace on a thread when no process is inside): `stats`.
+    Now,
+    /// Use the verdict of the last maintenance pass (at most one refresh
+    /// interval old, and a stale pass makes the answer inexact anyway):
+    /// metrics scrapes over hundreds of namespaces.
+    LastPass,
 }
 
 /// Which generation a transition ring came from, for the stream reader.
@@ -200,6 +222,8 @@ impl Tracker {
             names_version: AtomicU64::new(0),
             limited: RwLock::new(None),
             reseeds: AtomicU64::new(0),
+            missed_retired: AtomicU64::new(0),
+            missed_answered: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         };
         tracker.discover_and_seed(&tracker.current.get())?;
@@ -300,7 +324,7 @@ impl Tracker {
         let Some(ns) = namespaces.get(&inode) else {
             return Err(format!("network namespace {inode} is not tracked"));
         };
-        let (counts, mut inexact) = self.namespace_counts(&generation, ns, true);
+        let (counts, mut inexact) = self.namespace_counts(&generation, ns, FamilyCheck::Now);
         let mut reasons = health.reasons.clone();
         reasons.append(&mut inexact);
         let (refreshed_age, refresh_took) = ns
@@ -324,13 +348,26 @@ impl Tracker {
 
     /// Every tracked namespace, own first, then by name.
     pub fn snapshot_all(&self) -> NamespacesReply {
+        self.snapshot_all_with(FamilyCheck::Now)
+    }
+
+    /// [`Tracker::snapshot_all`] without a /proc read per namespace: the
+    /// family check is the last maintenance pass's. For metrics scrapes,
+    /// which must stay within a few ms with hundreds of namespaces (reading
+    /// each sockstat, or entering each unnamed-by-process namespace on a
+    /// thread, costs far more).
+    pub fn snapshot_all_cached(&self) -> NamespacesReply {
+        self.snapshot_all_with(FamilyCheck::LastPass)
+    }
+
+    fn snapshot_all_with(&self, check: FamilyCheck) -> NamespacesReply {
         let generation = self.current.get();
         let health = generation.health();
         let namespaces = read_lock(&self.namespaces);
         let mut out: Vec<NamespaceCounts> = namespaces
             .values()
             .map(|ns| {
-                let (counts, mut inexact) = self.namespace_counts(&generation, ns, true);
+                let (counts, mut inexact) = self.namespace_counts(&generation, ns, check);
                 let mut reasons = health.reasons.clone();
                 reasons.append(&mut inexact);
                 NamespaceCounts {
@@ -373,16 +410,25 @@ impl Tracker {
         &self,
         generation: &Generation,
         ns: &Namespace,
-        check_family: bool,
+        check: FamilyCheck,
     ) -> (Counts, Vec<String>) {
         let mut inexact = Vec::new();
         let mut counts = self.tracked(generation, ns.inode, &mut inexact);
         // The one change the tracepoint cannot show for a full socket
-        // (IPV6_ADDRFORM) must not be answered as exact.
-        if check_family
-            && let Some(stat) = ns.sockstat()
-            && let Some(reason) = family_moved(&counts, &stat)
-        {
+        // (IPV6_ADDRFORM) must not be answered as exact. It turns an
+        // ESTABLISHED IPv6 socket into IPv4, so it can only be hiding in a
+        // namespace where we count ESTABLISHED tcp6 sockets: only those need
+        // the /proc read, which keeps `stats --all-netns` over hundreds of
+        // namespaces cheap.
+        let may_have_moved = counts.get(Family::Tcp6, State::Established) > 0;
+        let moved = match check {
+            FamilyCheck::Now if may_have_moved => {
+                ns.sockstat().and_then(|stat| family_moved(&counts, &stat))
+            }
+            FamilyCheck::Now => None,
+            FamilyCheck::LastPass => ns.moved.clone(),
+        };
+        if let Some(reason) = moved {
             inexact.push(reason);
         }
         match &ns.untracked {
@@ -480,6 +526,32 @@ impl Tracker {
         Some(Duration::from_nanos(
             kernel::boot_ns().saturating_sub(entry.since_ns),
         ))
+    }
+
+    /// Kernel events lost for counting over the agent's life (every
+    /// generation): what answers report as lost events, as a number that
+    /// never goes back.
+    pub fn events_missed(&self) -> u64 {
+        let now = self.missed_retired.load(Ordering::Relaxed) + self.current.get().health().lost;
+        self.missed_answered
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now)
+    }
+
+    /// Age of the oldest refreshed part among the namespaces that have one
+    /// (one without is answered inexact: "no refresh yet").
+    pub fn oldest_refresh(&self) -> Duration {
+        read_lock(&self.namespaces)
+            .values()
+            .filter_map(|ns| ns.untracked.as_ref())
+            .map(|u| u.verified_at.elapsed())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The initial namespace's inode, when the agent can see it.
+    pub fn host(&self) -> Option<u32> {
+        self.host
     }
 
     pub fn stopped(&self) -> bool {
