@@ -18,8 +18,8 @@ use super::{
     generation::Generation,
     naming,
     tracker::{
-        Namespace, Tracker, TrackerError, Untracked, family_moved, millis, read_lock, sockstat_of,
-        write_lock,
+        Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, millis, read_lock,
+        sockstat_of, write_lock,
     },
 };
 use crate::kernel::{
@@ -222,7 +222,9 @@ impl Tracker {
             // during the dump looked like a socket that changed family, and
             // twice in a row under steady churn it forced a re-seed.
             let tracked = self.tracked(&generation, inode, &mut Vec::new());
-            let moved = stat.and_then(|stat| family_moved(&tracked, &stat));
+            let moved = stat.and_then(|stat| {
+                disagreement(&stat, &tracked, || sockstat_of(inode, pid, path.as_deref()))
+            });
             let watch = watches.entry(inode).or_default();
             let has_part = read_lock(&self.namespaces)
                 .get(&inode)

@@ -413,22 +413,21 @@ impl Tracker {
         check: FamilyCheck,
     ) -> (Counts, Vec<String>) {
         let mut inexact = Vec::new();
-        let mut counts = self.tracked(generation, ns.inode, &mut inexact);
-        // The one change the tracepoint cannot show for a full socket
-        // (IPV6_ADDRFORM) must not be answered as exact. It turns an
-        // ESTABLISHED IPv6 socket into IPv4, so it can only be hiding in a
-        // namespace where we count ESTABLISHED tcp6 sockets: only those need
-        // the /proc read, which keeps `stats --all-netns` over hundreds of
-        // namespaces cheap.
-        let may_have_moved = counts.get(Family::Tcp6, State::Established) > 0;
-        let moved = match check {
-            FamilyCheck::Now if may_have_moved => {
-                ns.sockstat().and_then(|stat| family_moved(&counts, &stat))
-            }
-            FamilyCheck::Now => None,
-            FamilyCheck::LastPass => ns.moved.clone(),
+        // Our full-socket counts between two readings of the kernel's own
+        // `inuse` counters: disagreeing while those stand still is a count
+        // gone wrong (IPV6_ADDRFORM moving a socket with no event, or any
+        // counting bug), reported at once; see `disagreement`.
+        let before = match check {
+            FamilyCheck::Now => ns.sockstat(),
+            FamilyCheck::LastPass => None,
         };
-        if let Some(reason) = moved {
+        let mut counts = self.tracked(generation, ns.inode, &mut inexact);
+        let verdict = match (check, before) {
+            (FamilyCheck::Now, Some(before)) => disagreement(&before, &counts, || ns.sockstat()),
+            (FamilyCheck::Now, None) => None,
+            (FamilyCheck::LastPass, _) => ns.moved.clone(),
+        };
+        if let Some(reason) = verdict {
             inexact.push(reason);
         }
         match &ns.untracked {
@@ -581,6 +580,37 @@ pub(super) fn sockstat_of(inode: u32, pid: Option<u32>, path: Option<&Path>) -> 
 /// state change, so no event: the kernel's `inuse` counters move it from
 /// TCP6 to TCP while our per-family counts do not. The signature: the same
 /// TCP total, split differently.
+/// Whether our full-socket TCP counts of a namespace disagree with the
+/// kernel's `inuse` counters at a quiet moment: `before` was read just
+/// before `tracked`, and `after` (read only when they differ, which is
+/// rare) must equal it. Under churn the two differ from moment to moment by
+/// the microseconds between a state change and the hashing it goes with;
+/// then the counters move between the readings and nothing is concluded.
+pub(super) fn disagreement(
+    before: &SockStat,
+    tracked: &Counts,
+    after: impl FnOnce() -> Option<SockStat>,
+) -> Option<String> {
+    let ours = (
+        tracked.family_total(Family::Tcp4),
+        tracked.family_total(Family::Tcp6),
+    );
+    let theirs = (before.tcp4_inuse, before.tcp6_inuse);
+    if ours == theirs {
+        return None;
+    }
+    let after = after()?;
+    if (after.tcp4_inuse, after.tcp6_inuse) != theirs {
+        return None;
+    }
+    Some(family_moved(tracked, before).unwrap_or_else(|| {
+        format!(
+            "TCP counts differ from the kernel's inuse counters at a quiet moment (tcp4 {} vs {}, tcp6 {} vs {})",
+            ours.0, theirs.0, ours.1, theirs.1
+        )
+    }))
+}
+
 pub(super) fn family_moved(tracked: &Counts, stat: &SockStat) -> Option<String> {
     let (v4, v6) = (
         tracked.family_total(Family::Tcp4),
@@ -611,6 +641,25 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+
+    #[test]
+    fn disagreement_counts_only_at_a_quiet_moment() {
+        let mut tracked = Counts::default();
+        tracked.set(Family::Tcp4, State::FinWait1, 1);
+        tracked.set(Family::Tcp4, State::Established, 4);
+        let stat = |tcp4_inuse| SockStat {
+            tcp4_inuse,
+            tcp6_inuse: 0,
+            tw: 0,
+            udp4_inuse: 0,
+            udp6_inuse: 0,
+        };
+        assert!(disagreement(&stat(5), &tracked, || panic!("no second read needed")).is_none());
+        assert!(disagreement(&stat(4), &tracked, || Some(stat(4))).is_some());
+        // The kernel's counter moved between the readings: churn.
+        assert!(disagreement(&stat(4), &tracked, || Some(stat(3))).is_none());
+        assert!(disagreement(&stat(4), &tracked, || None).is_none());
+    }
 
     #[test]
     fn a_socket_moved_between_families_is_recognised() {
