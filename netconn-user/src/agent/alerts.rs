@@ -44,7 +44,7 @@ pub fn run(tracker: &Tracker, hub: &Hub, active: &ActiveAlerts, rules: Vec<Rule>
         let started = Instant::now();
         let counts = tracker.snapshot().counts;
         let wanted = detector.states_needing_sockets(&counts);
-        let sockets = match sockets_in(tracker, &wanted) {
+        let sockets = match sockets_in(Some(tracker), &wanted) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("leak check: {e}");
@@ -67,9 +67,10 @@ pub fn run(tracker: &Tracker, hub: &Hub, active: &ActiveAlerts, rules: Vec<Rule>
 }
 
 /// The sockets of the wanted (family, state) pairs in the agent's namespace,
-/// with their time in state from the kernel's entries (full TCP sockets).
-fn sockets_in(
-    tracker: &Tracker,
+/// with their time in state from the kernel's entries (full TCP sockets)
+/// when `ages` is given; without, no per-socket map lookup is made.
+pub(super) fn sockets_in(
+    ages: Option<&Tracker>,
     wanted: &[(Family, State)],
 ) -> Result<Vec<SocketInfo>, diag::DiagError> {
     let mut out = Vec::new();
@@ -94,9 +95,9 @@ fn sockets_in(
                 if !wanted.contains(&(row.family, state)) {
                     return; // e.g. a full FIN_WAIT2 asked for only via TIME_WAIT bits
                 }
-                let age = match row.kind {
-                    Kind::Full => tracker.time_in_state(row.cookie),
-                    Kind::TimeWait | Kind::Request => None,
+                let age = match (row.kind, ages) {
+                    (Kind::Full, Some(tracker)) => tracker.time_in_state(row.cookie),
+                    _ => None,
                 };
                 out.push(SocketInfo {
                     family: row.family,

@@ -5,6 +5,7 @@
 //!   `refresh` keeps the untracked part current and re-seeds on trouble;
 //! * `hub` fans the kernel's transitions out to watchers;
 //! * `alerts` runs the leak rules of `leaks`;
+//! * `offenders` answers `top` with the same logic, cached;
 //! * `server` answers on the Unix socket.
 //!
 //! The pieces never call each other in a circle: each loop gets the parts
@@ -14,6 +15,7 @@ mod alerts;
 mod generation;
 mod hub;
 pub mod leaks;
+mod offenders;
 mod refresh;
 mod server;
 mod tracker;
@@ -63,6 +65,7 @@ pub struct Agent {
     pub tracker: tracker::Tracker,
     pub hub: hub::Hub,
     pub alerts: alerts::ActiveAlerts,
+    pub offenders: offenders::OffenderCache,
 }
 
 /// Run the agent until SIGINT or SIGTERM.
@@ -81,6 +84,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         tracker,
         hub: hub::Hub::default(),
         alerts: alerts::ActiveAlerts::default(),
+        offenders: offenders::OffenderCache::default(),
     });
     // Blocking work runs on threads of its own; the runtime only serves.
     let workers = [
