@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use netconn_user::{
     agent,
-    cli::{Cli, Command, check, stats, watch},
+    cli::{Cli, Command, check, stats, top, watch},
     logger, render_error,
 };
 
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Agent(options) => agent::run(options),
         Command::Stats(args) => stats::run(&args),
         Command::Watch(args) => watch::run(&args),
+        Command::Top(args) => top::run(&args),
         // The plugin contract: one line on stdout and its own exit codes.
         Command::Check(args) => return check::run(&args),
     };

@@ -34,7 +34,10 @@ const TOP: usize = 10;
 /// Recent answers by (family group, state). At most 7 x 12 entries, and
 /// expired ones are dropped whenever a lookup runs.
 #[derive(Default)]
-pub struct OffenderCache(Mutex<HashMap<(&'static str, State), (Instant, TopReply)>>);
+pub struct OffenderCache(Mutex<HashMap<Key, (Instant, TopReply)>>);
+
+/// (family group, state).
+type Key = (&'static str, State);
 
 /// Answer one `top` request: the reply line, or an error line for a bad
 /// request (the connection stays open, like for any refused request).
