@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build needs (LLVM 22, rust-src for nightly, bpf-linker) and mount tracefs/bpffs.
+    /// Install what the build and tests need (LLVM 22, rust-src for nightly, bpf-linker, tmux) and mount tracefs/bpffs.
     Setup,
     /// Build the release `netconn` binary (with its eBPF program).
     Build,
@@ -161,6 +161,9 @@ fn missing() -> Vec<&'static str> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         out.push("bpf-linker");
     }
+    if !succeeds(Command::new("tmux").arg("-V")) {
+        out.push("tmux");
+    }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         out.push("tracefs");
     }
@@ -187,14 +190,23 @@ fn setup_if_needed() -> anyhow::Result<()> {
 
 fn setup() -> anyhow::Result<()> {
     let missing = missing();
+    let mut debian = Vec::new();
     if missing.contains(&"llvm") {
         say(&format!(
             "installing {LLVM_PACKAGE} (bpf-linker links against LLVM 22, the nightly's LLVM)"
         ));
+        debian.push(LLVM_PACKAGE);
+    }
+    if missing.contains(&"tmux") {
+        say("installing tmux (the `netconn top` tests drive it in a real terminal)");
+        debian.push("tmux");
+    }
+    if !debian.is_empty() {
         status(Command::new("apt-get").args(["update", "-qq"]))?;
         status(
             Command::new("apt-get")
-                .args(["install", "-y", "-qq", LLVM_PACKAGE])
+                .args(["install", "-y", "-qq"])
+                .args(&debian)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }

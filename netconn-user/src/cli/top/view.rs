@@ -133,7 +133,12 @@ fn header_line(app: &App) -> Paragraph<'static> {
                 Style::new().fg(Color::Red).bold(),
             ));
         }
-        _ => {}
+        // Counts stay on screen while the agent is away, marked as old.
+        Some(_) => spans.push(Span::styled(
+            "  STALE (agent away)",
+            Style::new().fg(Color::Red).bold(),
+        )),
+        None => {}
     }
     spans.push(Span::raw("  ? help"));
     Paragraph::new(Line::from(spans)).style(Style::new().reversed())
