@@ -2,8 +2,8 @@
 //! agent holding a known population in a fresh namespace; `send-keys`
 //! operates it and `capture-pane` reads the screen, which must show the
 //! counts `ss` sees in that namespace and the right view after each key.
-//! Also: no agent, an agent restart, and the terminal given back on `q`,
-//! Ctrl-C and SIGTERM. tmux comes from `cargo xtask setup`; without it (or
+//! Also: active leak alerts and who holds the leaking state, no agent, an
+//! agent restart, and the terminal given back on `q`, Ctrl-C and SIGTERM. tmux comes from `cargo xtask setup`; without it (or
 //! without root) these tests fail with the reason.
 
 use std::{
@@ -250,6 +250,14 @@ fn top_shows_the_counts_ss_sees_and_answers_every_key() -> Result<()> {
         "{listen}"
     );
     ensure!(listen["processes"][0]["comm"] == "popgen", "{listen}");
+    // Asked again at once: the same breakdown, reused rather than redone.
+    let again = agent.request(r#"{"cmd":"top","state":"LISTEN","family":"tcp"}"#)?;
+    let again: serde_json::Value = serde_json::from_str(&again)?;
+    ensure!(again["ports"] == listen["ports"], "{again}");
+    ensure!(
+        again["age_ms"].as_f64().is_some_and(|age| age > 0.0),
+        "not from the cache: {again}"
+    );
 
     tmux.start_top(agent.socket())?;
     let screen = wait_for_ss_counts(&tmux, &ns)?;
@@ -365,6 +373,18 @@ fn top_says_when_no_agent_runs_and_reconnects_when_it_comes_back() -> Result<()>
     Ok(())
 }
 
+/// The running top's pid: the shell's only child while it runs.
+fn top_pid(tmux: &Tmux) -> Result<i32> {
+    let shell = tmux.run(&["display-message", "-p", "-t", "top", "#{pane_pid}"])?;
+    let shell = shell.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))?;
+    Ok(children
+        .split_whitespace()
+        .next()
+        .context("no child of the shell")?
+        .parse()?)
+}
+
 #[test]
 fn top_gives_the_terminal_back_on_sigterm() -> Result<()> {
     require_root()?;
@@ -374,19 +394,99 @@ fn top_gives_the_terminal_back_on_sigterm() -> Result<()> {
     tmux.wait_for("the no-agent message", |s| {
         s.contains("no netconn agent at")
     })?;
-    // top is the shell's only child while it runs.
-    let shell = tmux.run(&["display-message", "-p", "-t", "top", "#{pane_pid}"])?;
-    let shell = shell.trim();
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))?;
-    let top: i32 = children
-        .split_whitespace()
-        .next()
-        .context("no child of the shell")?
-        .parse()?;
+    let top = top_pid(&tmux)?;
     // SAFETY: signalling a process this test started (through tmux).
     ensure!(
         unsafe { libc::kill(top, libc::SIGTERM) } == 0,
         "kill failed"
     );
     tmux.assert_terminal_restored()
+}
+
+/// Closing the terminal under top (a window closed, tmux killed) ends it,
+/// rather than leaving it spinning on the dead terminal.
+#[test]
+fn top_exits_when_its_terminal_goes_away() -> Result<()> {
+    require_root()?;
+    let tmux = Tmux::start(80, 24)?;
+    let socket = socket_path();
+    tmux.start_top(&socket)?;
+    tmux.wait_for("the no-agent message", |s| {
+        s.contains("no netconn agent at")
+    })?;
+    let top = top_pid(&tmux)?;
+    let stat = format!("/proc/{top}/stat");
+    tmux.run(&["kill-server"])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&stat).exists() {
+        if Instant::now() > deadline {
+            // SAFETY: ending a process this test started.
+            unsafe { libc::kill(top, libc::SIGKILL) };
+            bail!("top still running 5 s after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Leak rules that fire within seconds, and a program leaking CLOSE_WAIT.
+const RULES: &str = r#"
+[[rule]]
+name = "cw-age"
+kind = "age"
+family = "tcp"
+state = "CLOSE_WAIT"
+older_than = "2s"
+severity = "critical"
+"#;
+
+#[test]
+fn top_lists_active_leak_alerts_and_who_holds_the_leaking_state() -> Result<()> {
+    require_root()?;
+    // Wide: the breakdown is listed beside the tables.
+    let tmux = Tmux::start(132, 40)?;
+    let ns = Netns::create("top-leak")?;
+    let rules = std::env::temp_dir().join(format!("top-leak-{}.toml", std::process::id()));
+    std::fs::write(&rules, RULES)?;
+    let agent = Agent::start_in(Some(&ns), &["--rules", &rules.display().to_string()]);
+    let _ = std::fs::remove_file(&rules);
+    let agent = agent?;
+    let mut leaker = ns
+        .command(env!("CARGO_BIN_EXE_leaker"))
+        .args(["--port", "7350", "--rate", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        tmux.start_top(agent.socket())?;
+        tmux.wait_for("the CLOSE_WAIT row", |s| s.contains("CLOSE_WAIT"))?;
+        for _ in 0..12 {
+            if tmux.screen()?.contains(">CLOSE_WAIT") {
+                break;
+            }
+            tmux.keys(&["Down"])?;
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let pid = leaker.id();
+        // CLOSE_WAIT climbs by about 10 a second: a positive growth once
+        // the history is 5 s long.
+        let growth = |screen: &str| -> Option<f64> {
+            let row = screen.lines().find(|l| l.starts_with(">CLOSE_WAIT"))?;
+            row.split_whitespace().nth(6)?.parse().ok()
+        };
+        tmux.wait_for("the alert, who holds CLOSE_WAIT, its growth", |s| {
+            s.contains("leak alerts (1 active)")
+                && s.contains("CRIT CLOSE_WAIT leak")
+                && s.contains("local ports")
+                && s.lines().any(|l| l.trim_end().ends_with("  7350"))
+                && s.contains(&format!("  {pid} leaker"))
+                && growth(s).is_some_and(|g| g > 0.0)
+        })?;
+        tmux.keys(&["q"])?;
+        tmux.assert_terminal_restored()
+    })();
+    let _ = leaker.kill();
+    let _ = leaker.wait();
+    agent.stop()?;
+    result
 }

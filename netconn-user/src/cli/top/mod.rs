@@ -46,7 +46,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
-    if !std::io::stdout().is_terminal() {
+    // stdin too: the keys are read from it, and it is watched for hang-up.
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         anyhow::bail!("netconn top needs a terminal (use `netconn stats` or `watch` in scripts)");
     }
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
@@ -91,21 +92,75 @@ fn event_loop(
         terminal
             .draw(|frame| view::render(frame, app, now))
             .context("drawing")?;
+        let tty = wait_tty(FRAME);
+        // Checked before the wait's result: a signal may have interrupted it.
         if SIGNALLED.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if !event::poll(FRAME).context("reading the terminal")? {
-            continue;
+        match tty.context("reading the terminal")? {
+            Tty::Quiet => continue,
+            Tty::HungUp => return Ok(()),
+            Tty::Ready => {}
         }
-        // A resize needs nothing: the next draw takes the new size.
-        if let Event::Key(key) = event::read().context("reading the terminal")?
-            && key.kind != KeyEventKind::Release
-            && let Some(key) = map_key(key)
-            && app.key(key) == Action::Quit
-        {
-            return Ok(());
+        // Everything crossterm has now (one read may hold several keys).
+        loop {
+            if wait_tty(Duration::ZERO).context("reading the terminal")? == Tty::HungUp {
+                return Ok(());
+            }
+            if !event::poll(Duration::ZERO).context("reading the terminal")? {
+                break;
+            }
+            // A resize needs nothing: the next draw takes the new size.
+            if let Event::Key(key) = event::read().context("reading the terminal")?
+                && key.kind != KeyEventKind::Release
+                && let Some(key) = map_key(key)
+                && app.key(key) == Action::Quit
+            {
+                return Ok(());
+            }
         }
     }
+}
+
+#[derive(Debug, PartialEq)]
+enum Tty {
+    /// Nothing to read within the wait.
+    Quiet,
+    Ready,
+    /// The terminal is gone (window closed, tmux killed).
+    HungUp,
+}
+
+/// Wait for input on the terminal (stdin) ourselves before crossterm reads
+/// it: crossterm 0.29 loops forever, at full CPU, reading a hung-up
+/// terminal's end of file, so it must never be asked once that happened.
+fn wait_tty(timeout: Duration) -> std::io::Result<Tty> {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, and its count.
+    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        // A signal: the caller looks at the flag and waits again.
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(Tty::Quiet)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(
+        if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            Tty::HungUp
+        } else if fd.revents & libc::POLLIN != 0 {
+            Tty::Ready
+        } else {
+            Tty::Quiet
+        },
+    )
 }
 
 fn map_key(key: KeyEvent) -> Option<Key> {
