@@ -17,7 +17,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style, Stylize as _},
     text::{Line, Span},
-    widgets::{Block, Clear, Paragraph},
+    widgets::{Block, Clear, Paragraph, Wrap},
 };
 
 use super::{
@@ -81,29 +81,44 @@ fn narrow(frame: &mut Frame, app: &App, body: Rect) {
 
 fn wide(frame: &mut Frame, app: &App, body: Rect) {
     let ns_h = app.namespaces.len().min(8) as u16 + 1;
-    let left_h = app.visible_states().len() as u16 + 2 + 1 + ns_h;
-    // Three lists of up to ten under their titles, then the alerts.
-    let right_h = 3 * 7 + app.alerts.len().clamp(1, 5) as u16 + 1;
+    let states_h = app.visible_states().len() as u16 + 2;
+    let left_h = states_h + 1 + ns_h;
+    let alerts_h = app.alerts.len().clamp(1, 5) as u16 + 1;
+    // The lists as long as they are: two title lines, three titled lists.
+    let lists = current_top(app).map_or(2, |t| {
+        let o = &t.offenders;
+        let len = |n: usize| n.max(1) as u16 + 1;
+        2 + len(o.ports.len()) + len(o.remotes.len()) + len(o.processes.len())
+    });
+    let right_h = lists + 1 + alerts_h;
     let top_h = left_h.max(right_h).min(body.height.saturating_sub(4));
     let [top, transitions] =
         Layout::vertical([Constraint::Length(top_h), Constraint::Fill(1)]).areas(body);
-    let [left, right] =
-        Layout::horizontal([Constraint::Length(STATE_COLUMNS + 40), Constraint::Fill(1)])
-            .spacing(2)
-            .areas(top);
+    // The sparklines get what the breakdown (50 columns) leaves.
+    let left_w = body
+        .width
+        .saturating_sub(52)
+        .clamp(STATE_COLUMNS + 20, STATE_COLUMNS + 60);
+    let [left, right] = Layout::horizontal([Constraint::Length(left_w), Constraint::Fill(1)])
+        .spacing(2)
+        .areas(top);
     let [states, _, ns] = Layout::vertical([
-        Constraint::Length(app.visible_states().len() as u16 + 2),
+        Constraint::Length(states_h),
         Constraint::Length(1),
         Constraint::Fill(1),
     ])
     .areas(left);
-    let alerts_h = app.alerts.len().clamp(1, 5) as u16 + 1;
-    let [who, alerts] =
-        Layout::vertical([Constraint::Fill(1), Constraint::Length(alerts_h)]).areas(right);
+    let [who, _, alerts] = Layout::vertical([
+        Constraint::Length(lists),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(right);
     frame.render_widget(states_table(app, states), states);
     frame.render_widget(namespaces(app), ns);
     frame.render_widget(holders_lists(app, who), who);
-    frame.render_widget(alert_lines(app), alerts);
+    // Room below the lists: long alert messages wrap.
+    frame.render_widget(alert_lines(app).wrap(Wrap { trim: false }), alerts);
     frame.render_widget(transition_lines(app, transitions), transitions);
 }
 
@@ -324,18 +339,18 @@ fn namespaces(app: &App) -> Paragraph<'static> {
     Paragraph::new(lines)
 }
 
-fn holders_title(app: &App) -> Line<'static> {
-    let mut text = format!(" who holds {} ({})", app.state.name(), app.family_name());
-    if let Some(top) = &app.top
-        && top.state == app.state.name()
-        && top.family == app.family_name()
-    {
-        text += &format!(": {} sockets, {:.0} s old", top.sockets, top.age_ms / 1e3);
+/// "who holds STATE (family)" and, once the agent answered, how many
+/// sockets and how old the answer is.
+fn holders_title(app: &App) -> (String, String) {
+    let head = format!(" who holds {} ({})", app.state.name(), app.family_name());
+    let mut tail = String::new();
+    if let Some(top) = current_top(app) {
+        tail = format!("{} sockets, {:.0} s old", top.sockets, top.age_ms / 1e3);
         if Some(top.netns) != app.selected_ns {
-            text += " (the agent's namespace only)";
+            tail += " (the agent's namespace only)";
         }
     }
-    title(text)
+    (head, tail)
 }
 
 /// The breakdown for the selected state, when it is the one on screen.
@@ -347,7 +362,12 @@ fn current_top(app: &App) -> Option<&crate::proto::TopReply> {
 
 /// Ports, remotes and processes on one line each (80 columns).
 fn holders_compact(app: &App, width: u16) -> Paragraph<'static> {
-    let mut lines = vec![holders_title(app)];
+    let (head, tail) = holders_title(app);
+    let mut lines = vec![title(if tail.is_empty() {
+        head
+    } else {
+        format!("{head}: {tail}")
+    })];
     let Some(top) = current_top(app) else {
         let why = app
             .top_error
@@ -397,7 +417,8 @@ fn holders_compact(app: &App, width: u16) -> Paragraph<'static> {
 
 /// Ports, remotes and processes as three lists (wide terminals).
 fn holders_lists(app: &App, area: Rect) -> Paragraph<'static> {
-    let mut lines = vec![holders_title(app)];
+    let (head, tail) = holders_title(app);
+    let mut lines = vec![title(head), Line::raw(format!("   {tail}"))];
     let Some(top) = current_top(app) else {
         let why = app
             .top_error
@@ -406,8 +427,17 @@ fn holders_lists(app: &App, area: Rect) -> Paragraph<'static> {
         lines.push(Line::raw(format!("   {why}")));
         return Paragraph::new(lines);
     };
-    let each = ((area.height as usize).saturating_sub(4) / 3).max(1);
     let o = &top.offenders;
+    // All of each list when they fit, else an equal share each.
+    let needed = 2 + [o.ports.len(), o.remotes.len(), o.processes.len()]
+        .iter()
+        .map(|n| n.max(&1) + 1)
+        .sum::<usize>();
+    let each = if needed <= area.height as usize {
+        usize::MAX
+    } else {
+        ((area.height as usize).saturating_sub(5) / 3).max(1)
+    };
     let mut list = |label: &str, items: Vec<String>| {
         lines.push(Line::styled(
             format!("   {label}"),
