@@ -203,6 +203,30 @@ fn transition_lines(screen: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Move the selection to `state`'s row with the arrow keys (rows are in
+/// `State::ALL` order), however many rows appeared meanwhile.
+fn select_state(tmux: &Tmux, state: State) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let screen = tmux.screen()?;
+        let selected = screen.lines().find_map(|l| {
+            let name = l.strip_prefix('>')?.split_whitespace().next()?;
+            State::from_name(name)
+        });
+        let key = match selected {
+            Some(s) if s == state => return Ok(()),
+            Some(s) if s.index() < state.index() => "Down",
+            Some(_) => "Up",
+            None => "Down",
+        };
+        if Instant::now() > deadline {
+            bail!("cannot select {}; the screen:\n{screen}", state.name());
+        }
+        tmux.keys(&[key])?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Open and close a connection to `port` inside the namespace.
 fn connect(ns: &Netns, port: u16) -> Result<()> {
     ns.run(|| TcpStream::connect(("127.0.0.1", port)).map(drop))?
@@ -276,18 +300,21 @@ fn top_shows_the_counts_ss_sees_and_answers_every_key() -> Result<()> {
         !s.contains("netconn top: keys") && s.contains("STATE")
     })?;
 
+    // One namespace row today: sorting and selecting keep it selected.
+    tmux.keys(&["s"])?;
+    tmux.wait_for("sorted by sockets", |s| s.contains("sorted by sockets"))?;
+    tmux.keys(&["n"])?;
+    tmux.keys(&["s"])?;
+    tmux.wait_for("sorted by netns, the row still selected", |s| {
+        s.contains("sorted by netns") && s.contains(&format!(">{netns}"))
+    })?;
+
     tmux.keys(&["f"])?;
     tmux.wait_for("family tcp", |s| {
         s.contains("family tcp ") && s.contains("(tcp)")
     })?;
     // Down to LISTEN: its breakdown names the listeners' ports and popgen.
-    for _ in 0..10 {
-        if tmux.screen()?.contains(">LISTEN") {
-            break;
-        }
-        tmux.keys(&["Down"])?;
-        std::thread::sleep(Duration::from_millis(150));
-    }
+    select_state(&tmux, State::Listen)?;
     let pid = pop.pids()[0];
     let screen = tmux.wait_for("who holds LISTEN", |s| {
         s.contains("who holds LISTEN (tcp): 6 sockets")
@@ -459,14 +486,10 @@ fn top_lists_active_leak_alerts_and_who_holds_the_leaking_state() -> Result<()> 
         .spawn()?;
     let result = (|| -> Result<()> {
         tmux.start_top(agent.socket())?;
-        tmux.wait_for("the CLOSE_WAIT row", |s| s.contains("CLOSE_WAIT"))?;
-        for _ in 0..12 {
-            if tmux.screen()?.contains(">CLOSE_WAIT") {
-                break;
-            }
-            tmux.keys(&["Down"])?;
-            std::thread::sleep(Duration::from_millis(150));
-        }
+        tmux.wait_for("the CLOSE_WAIT row", |s| {
+            screen_counts(s).is_ok_and(|c| c.get(Family::Tcp4, State::CloseWait) > 0)
+        })?;
+        select_state(&tmux, State::CloseWait)?;
         let pid = leaker.id();
         // CLOSE_WAIT climbs by about 10 a second: a positive growth once
         // the history is 5 s long.

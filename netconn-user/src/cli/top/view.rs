@@ -679,6 +679,38 @@ mod tests {
     }
 
     #[test]
+    fn says_when_the_agent_is_not_exact_and_when_it_is_away() {
+        let mut app = app_with_counts();
+        let mut counts = Counts::default();
+        counts.set(Family::Tcp4, State::Listen, 1);
+        app.apply(
+            Update::Poll {
+                stats: Box::new(StatsReply {
+                    counts,
+                    meta: Meta {
+                        netns: 4026531840,
+                        exact: false,
+                        inexact: vec!["per-socket map full".into()],
+                        ..Meta::default()
+                    },
+                }),
+                alerts: Vec::new(),
+            },
+            Instant::now(),
+        );
+        let text = screen(&app, 80, 24);
+        assert!(text.contains("NOT EXACT: per-socket map full"), "{text}");
+        assert!(text.contains("agent's namespace, NOT EXACT"), "{text}");
+        app.apply(
+            Update::Link(Link::NoAgent("lost the netconn agent".into())),
+            Instant::now(),
+        );
+        let text = screen(&app, 80, 24);
+        assert!(text.contains("STALE (agent away)"), "{text}");
+        assert!(text.contains("lost the netconn agent; retrying"), "{text}");
+    }
+
+    #[test]
     fn says_when_no_agent_runs() {
         let mut app = App::new("/tmp/s.sock".into());
         app.apply(
