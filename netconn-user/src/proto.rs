@@ -2,14 +2,16 @@
 //! Unix socket: one JSON object per line each way.
 //!
 //! Requests ([`Request`]): `{"cmd":"stats"}`, `{"cmd":"ping"}`,
-//! `{"cmd":"leaks"}`, `{"cmd":"watch","filter":{...},"alerts":false}`.
+//! `{"cmd":"leaks"}`, `{"cmd":"top","state":"CLOSE_WAIT","family":"tcp"}`,
+//! `{"cmd":"watch","filter":{...},"alerts":false}`.
 //! Replies: [`StatsReply`] (seven count keys plus `meta`), [`Pong`],
-//! [`LeaksReply`], or [`ErrorReply`] for anything the agent cannot serve.
+//! [`LeaksReply`], [`TopReply`], or [`ErrorReply`] for anything the agent
+//! cannot serve.
 //! A `watch` turns the connection into a stream of [`WatchLine`]s.
 
 use std::{net::SocketAddr, time::SystemTime};
 
-use netconn_common::{Counts, State};
+use netconn_common::{Counts, Family, State, model::GROUPS};
 use serde::{Deserialize, Serialize};
 
 /// The agent's socket when neither `--socket` nor `NETCONN_SOCKET` is given.
@@ -42,6 +44,12 @@ pub struct Request {
     /// `stats`: every namespace ([`NamespacesReply`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_netns: bool,
+    /// `top` only: the state to break down, as named in the stats JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `top` only: tcp4, tcp6, udp4, udp6, tcp, udp or all (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
 }
 
 impl Request {
@@ -52,6 +60,8 @@ impl Request {
             alerts: false,
             netns: None,
             all_netns: false,
+            state: None,
+            family: None,
         }
     }
 
@@ -75,6 +85,36 @@ impl Request {
             all_netns: true,
             ..Request::new(Command::Stats)
         }
+    }
+
+    /// Who holds the sockets of `state` in the families of `family`.
+    pub fn top(state: State, family: &str) -> Request {
+        Request {
+            state: Some(state.name().to_string()),
+            family: Some(family.to_string()),
+            ..Request::new(Command::Top)
+        }
+    }
+
+    /// The state and family group of a `top` request, checked (both ends
+    /// call it): the state is required, the family defaults to `all`.
+    pub fn top_query(&self) -> Result<(State, &'static str, &'static [Family]), String> {
+        let Some(name) = &self.state else {
+            return Err(
+                "top needs a state, e.g. {\"cmd\":\"top\",\"state\":\"CLOSE_WAIT\"}".into(),
+            );
+        };
+        let state = State::from_name(name)
+            .ok_or_else(|| format!("unknown state {name:?} (use e.g. ESTABLISHED, TIME_WAIT)"))?;
+        let family = self.family.as_deref().unwrap_or("all");
+        let (group, families) =
+            GROUPS
+                .into_iter()
+                .find(|(g, _)| *g == family)
+                .ok_or_else(|| {
+                    format!("unknown family {family:?} (tcp4, tcp6, udp4, udp6, tcp, udp or all)")
+                })?;
+        Ok((state, group, families))
     }
 }
 
@@ -114,6 +154,8 @@ pub enum Command {
     Watch,
     /// The leak alerts active now.
     Leaks,
+    /// Top local ports, remote endpoints and processes of one state.
+    Top,
 }
 
 /// What a watcher asked for; every list is OR'd, lists are AND'd, empty = any.
@@ -264,6 +306,24 @@ pub struct Pong {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeaksReply {
     pub alerts: Vec<Alert>,
+}
+
+/// Reply to `top`: who holds the sockets of one state in the agent's
+/// namespace, most sockets first (top 10 of each).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopReply {
+    pub state: String,
+    /// The family group asked for.
+    pub family: String,
+    /// Inode of the namespace whose sockets these are.
+    pub netns: u32,
+    /// Sockets in the state when the breakdown was made.
+    pub sockets: u64,
+    /// Age of the breakdown: the agent reuses one for a few seconds so that
+    /// clients asking every second cost it little.
+    pub age_ms: f64,
+    #[serde(flatten)]
+    pub offenders: Offenders,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -498,6 +558,39 @@ mod tests {
             r#"{"cmd":"watch","filter":{"port":[80],"local_port":[],"remote_port":[],"family":[],"state":[],"netns":[]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), watch);
+    }
+
+    #[test]
+    fn top_requests_are_checked_on_both_ends() {
+        let line = serde_json::to_string(&Request::top(State::CloseWait, "tcp")).unwrap();
+        assert_eq!(line, r#"{"cmd":"top","state":"CLOSE_WAIT","family":"tcp"}"#);
+        let back: Request = serde_json::from_str(&line).unwrap();
+        let (state, group, families) = back.top_query().unwrap();
+        assert_eq!((state, group), (State::CloseWait, "tcp"));
+        assert_eq!(
+            families,
+            [netconn_common::Family::Tcp4, netconn_common::Family::Tcp6]
+        );
+        let bare: Request = serde_json::from_str(r#"{"cmd":"top","state":"LISTEN"}"#).unwrap();
+        assert_eq!(bare.top_query().unwrap().1, "all");
+        let bad = |line: &str| {
+            serde_json::from_str::<Request>(line)
+                .unwrap()
+                .top_query()
+                .unwrap_err()
+        };
+        assert!(bad(r#"{"cmd":"top"}"#).contains("needs a state"));
+        assert!(bad(r#"{"cmd":"top","state":"NAPPING"}"#).contains("unknown state"));
+        assert!(
+            bad(r#"{"cmd":"top","state":"LISTEN","family":"sctp"}"#).contains("unknown family")
+        );
+        let reply: TopReply = serde_json::from_str(
+            r#"{"state":"LISTEN","family":"all","netns":1,"sockets":2,"age_ms":0.5,
+                "ports":[{"port":80,"sockets":2}],"remotes":[],"processes":[{"pid":7,"comm":"x","sockets":2}]}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.offenders.ports[0].port, 80);
+        assert_eq!(reply.offenders.processes[0].comm, "x");
     }
 
     #[test]

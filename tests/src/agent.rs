@@ -75,8 +75,13 @@ impl Agent {
 
     /// Start an agent (inside `netns` when given) and wait until it answers.
     pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Result<Agent> {
+        Self::start_at(netns, socket_path(), extra)
+    }
+
+    /// [`Agent::start_in`] on a given socket path: a restart on the same
+    /// path looks to clients like the same agent coming back.
+    pub fn start_at(netns: Option<&Netns>, socket: PathBuf, extra: &[&str]) -> Result<Agent> {
         let bin = netconn_bin()?;
-        let socket = socket_path();
         let log = socket.with_extension("log");
         let mut cmd = match netns {
             Some(ns) => ns.command(&bin),

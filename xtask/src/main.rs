@@ -27,8 +27,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and tests need (LLVM 22, rust-src for nightly, bpf-linker,
-    /// Prometheus), mount tracefs/bpffs, and install the packaging tools (cargo-deb, man-db,
-    /// systemd-analyze).
+    /// Prometheus, tmux), mount tracefs/bpffs, and install the packaging tools (cargo-deb,
+    /// man-db, systemd-analyze).
     Setup,
     /// Build the release `netconn` binary (with its eBPF program).
     Build,
@@ -213,6 +213,10 @@ fn missing() -> Vec<&'static str> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         out.push("bpf-linker");
     }
+    // The top tests drive `netconn top` in a real terminal.
+    if !succeeds(Command::new("tmux").arg("-V")) {
+        out.push("tmux");
+    }
     // The metrics test runs the real Prometheus server against the agent
     // and checks the exposition and rules with its promtool.
     if !["prometheus", "promtool"]
@@ -247,14 +251,23 @@ fn setup_if_needed() -> anyhow::Result<()> {
 
 fn setup() -> anyhow::Result<()> {
     let missing = missing();
+    let mut debian = Vec::new();
     if missing.contains(&"llvm") {
         say(&format!(
             "installing {LLVM_PACKAGE} (bpf-linker links against LLVM 22, the nightly's LLVM)"
         ));
+        debian.push(LLVM_PACKAGE);
+    }
+    if missing.contains(&"tmux") {
+        say("installing tmux (the `netconn top` tests drive it in a real terminal)");
+        debian.push("tmux");
+    }
+    if !debian.is_empty() {
         status(Command::new("apt-get").args(["update", "-qq"]))?;
         status(
             Command::new("apt-get")
-                .args(["install", "-y", "-qq", LLVM_PACKAGE])
+                .args(["install", "-y", "-qq"])
+                .args(&debian)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }

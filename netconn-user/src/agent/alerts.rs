@@ -127,8 +127,8 @@ fn tick_one(tracker: &Tracker, inode: u32, w: &mut Watched) -> Result<Vec<AlertE
         Vec::new()
     } else {
         match &w.path {
-            None => sockets_in(tracker, &wanted).map_err(|e| e.to_string())?,
-            Some(path) => netns::run_in(path, || sockets_in(tracker, &wanted))
+            None => sockets_in(Some(tracker), &wanted).map_err(|e| e.to_string())?,
+            Some(path) => netns::run_in(path, || sockets_in(Some(tracker), &wanted))
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?,
         }
@@ -182,9 +182,10 @@ fn label(ns: &AlertNamespace) -> String {
 }
 
 /// The sockets of the wanted (family, state) pairs in the agent's namespace,
-/// with their time in state from the kernel's entries (full TCP sockets).
-fn sockets_in(
-    tracker: &Tracker,
+/// with their time in state from the kernel's entries (full TCP sockets)
+/// when `ages` is given; without, no per-socket map lookup is made.
+pub(super) fn sockets_in(
+    ages: Option<&Tracker>,
     wanted: &[(Family, State)],
 ) -> Result<Vec<SocketInfo>, diag::DiagError> {
     let mut out = Vec::new();
@@ -209,9 +210,9 @@ fn sockets_in(
                 if !wanted.contains(&(row.family, state)) {
                     return; // e.g. a full FIN_WAIT2 asked for only via TIME_WAIT bits
                 }
-                let age = match row.kind {
-                    Kind::Full => tracker.time_in_state(row.cookie),
-                    Kind::TimeWait | Kind::Request => None,
+                let age = match (row.kind, ages) {
+                    (Kind::Full, Some(tracker)) => tracker.time_in_state(row.cookie),
+                    _ => None,
                 };
                 out.push(SocketInfo {
                     family: row.family,

@@ -6,6 +6,7 @@
 //!   untracked part current and re-seeds on trouble;
 //! * `hub` fans the kernel's transitions out to watchers;
 //! * `alerts` runs the leak rules of `leaks`;
+//! * `offenders` answers `top` with the same logic, cached;
 //! * `server` answers on the Unix socket;
 //! * `metrics` serves Prometheus over HTTP (`--metrics`) from the plain
 //!   input [`metrics_input`] takes from the other pieces.
@@ -19,6 +20,7 @@ mod hub;
 pub mod leaks;
 pub mod metrics;
 mod naming;
+mod offenders;
 mod refresh;
 mod server;
 mod tracker;
@@ -72,6 +74,7 @@ pub struct Agent {
     pub tracker: tracker::Tracker,
     pub hub: hub::Hub,
     pub alerts: alerts::ActiveAlerts,
+    pub offenders: offenders::OffenderCache,
 }
 
 /// Run the agent until SIGINT or SIGTERM.
@@ -97,6 +100,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         tracker,
         hub: hub::Hub::default(),
         alerts: alerts::ActiveAlerts::default(),
+        offenders: offenders::OffenderCache::default(),
     });
     // Blocking work runs on threads of its own; the runtime only serves.
     let workers = [

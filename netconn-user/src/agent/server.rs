@@ -149,7 +149,7 @@ impl Drop for Bound {
     }
 }
 
-async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
+async fn serve_connection(stream: UnixStream, agent: &Arc<Agent>) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(256);
@@ -177,7 +177,7 @@ async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
             Ok(r) => r,
             Err(e) => {
                 let reply = error_reply(&format!(
-                    "bad request ({e}); expected {{\"cmd\":\"stats\"}}, {{\"cmd\":\"ping\"}} or {{\"cmd\":\"watch\"}}"
+                    "bad request ({e}); expected {{\"cmd\":\"stats\"}}, {{\"cmd\":\"ping\"}}, {{\"cmd\":\"leaks\"}}, {{\"cmd\":\"top\",\"state\":...}} or {{\"cmd\":\"watch\"}}"
                 ));
                 write.write_all(format!("{reply}\n").as_bytes()).await?;
                 continue;
@@ -187,7 +187,11 @@ async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
             // The connection becomes a stream until the client leaves.
             return watch(request, reader, write, agent).await;
         }
-        let mut reply = answer(&request, agent);
+        let mut reply = match request.cmd {
+            // A dump and a /proc scan: off the runtime thread, cached.
+            Command::Top => super::offenders::answer(&request, agent).await,
+            _ => answer(&request, agent),
+        };
         reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
     }
@@ -267,7 +271,9 @@ async fn watch(
 fn answer(request: &Request, agent: &Agent) -> String {
     let reply = match request.cmd {
         Command::Ping => serde_json::to_string(&Pong { pong: true }),
-        Command::Watch => return error_reply("internal error: watch is a stream"),
+        Command::Watch | Command::Top => {
+            return error_reply("internal error: served elsewhere");
+        }
         Command::Leaks => serde_json::to_string(&LeaksReply {
             alerts: agent.alerts.get(),
         }),

@@ -10,7 +10,11 @@ use std::{
 
 use serde::de::DeserializeOwned;
 
-use crate::proto::{Alert, Command, ErrorReply, LeaksReply, NamespacesReply, Request, StatsReply};
+use netconn_common::State;
+
+use crate::proto::{
+    Alert, Command, ErrorReply, LeaksReply, NamespacesReply, Request, StatsReply, TopReply,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,5 +98,10 @@ impl Client {
     pub fn leaks(&mut self) -> Result<Vec<Alert>, ClientError> {
         let reply: LeaksReply = self.request(&Request::new(Command::Leaks))?;
         Ok(reply.alerts)
+    }
+
+    /// Who holds the sockets of `state` in the family group `family`.
+    pub fn top(&mut self, state: State, family: &str) -> Result<TopReply, ClientError> {
+        self.request(&Request::top(state, family))
     }
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod generate;
 pub mod stats;
+pub mod top;
 pub mod watch;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,8 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// Stream TCP state transitions (or leak alerts) as they happen.
     Watch(watch::WatchArgs),
+    /// Live terminal view: counts with history, namespaces, who holds a state, alerts, transitions.
+    Top(top::TopArgs),
     /// Nagios/Icinga plugin: check connection counts against thresholds.
     #[command(disable_version_flag = true)]
     Check(check::CheckArgs),

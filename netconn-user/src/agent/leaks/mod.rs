@@ -354,14 +354,23 @@ fn growth(history: &VecDeque<(Instant, u64)>, window: Duration, now: Instant) ->
 }
 
 fn offenders(sockets: &[&SocketInfo], owners: &Owners) -> Offenders {
-    let ports = top(sockets.iter().map(|s| s.local.port()));
+    offenders_top(sockets, owners, TOP)
+}
+
+/// The `n` top local ports, remote endpoints and owning processes of
+/// `sockets` (also what the agent answers `top` requests with).
+pub fn offenders_top(sockets: &[&SocketInfo], owners: &Owners, n: usize) -> Offenders {
+    let ports = top(sockets.iter().map(|s| s.local.port()), n);
     // Listening and unconnected sockets have no remote end.
-    let remotes = top(sockets
-        .iter()
-        .map(|s| s.remote)
-        .filter(|r| !r.ip().is_unspecified()));
+    let remotes = top(
+        sockets
+            .iter()
+            .map(|s| s.remote)
+            .filter(|r| !r.ip().is_unspecified()),
+        n,
+    );
     let mut processes = owners.processes(sockets.iter().map(|s| s.inode).filter(|&i| i != 0));
-    processes.truncate(TOP);
+    processes.truncate(n);
     Offenders {
         ports: ports
             .into_iter()
@@ -375,15 +384,15 @@ fn offenders(sockets: &[&SocketInfo], owners: &Owners) -> Offenders {
     }
 }
 
-/// The TOP most frequent keys, most first, ties by key for stable output.
-fn top<K: Hash + Eq + Ord>(keys: impl Iterator<Item = K>) -> Vec<(K, u64)> {
+/// The `n` most frequent keys, most first, ties by key for stable output.
+fn top<K: Hash + Eq + Ord>(keys: impl Iterator<Item = K>, n: usize) -> Vec<(K, u64)> {
     let mut counts: HashMap<K, u64> = HashMap::new();
     for k in keys {
         *counts.entry(k).or_default() += 1;
     }
     let mut out: Vec<(K, u64)> = counts.into_iter().collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    out.truncate(TOP);
+    out.truncate(n);
     out
 }
 
