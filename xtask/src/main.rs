@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_load;
 mod bench_stream;
 
 use anyhow::{Context as _, bail};
@@ -53,8 +54,17 @@ enum Task {
         /// Seconds of churn per phase of the stream benchmark.
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
-        /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream"], default_value = "all")]
+        /// Interleaved rounds of each mode in the load benchmark.
+        #[arg(long, default_value_t = 7)]
+        load_rounds: usize,
+        /// Seconds of wrk per round of the load benchmark.
+        #[arg(long, default_value_t = 5)]
+        load_seconds: u64,
+        /// wrk connections in the load benchmark.
+        #[arg(long, default_value_t = 32)]
+        load_connections: u32,
+        /// Which part to run (`load`: nginx under wrk with and without the agent).
+        #[arg(long, value_parser = ["all", "check", "stream", "load"], default_value = "all")]
         part: String,
     },
 }
@@ -71,11 +81,17 @@ fn main() -> ExitCode {
             queries,
             runs,
             stream_seconds,
+            load_rounds,
+            load_seconds,
+            load_connections,
             part,
         } => setup_if_needed().and_then(|()| {
+            if part == "load" || part == "all" {
+                bench_load::setup()?;
+            }
             let netconn = build()?;
             let popgen = workspace_root().join("target/release/popgen");
-            if part != "stream" {
+            if part == "all" || part == "check" {
                 bench::run(
                     &popgen,
                     &netconn,
@@ -86,8 +102,18 @@ fn main() -> ExitCode {
                     },
                 )?;
             }
-            if part != "check" {
+            if part == "all" || part == "stream" {
                 bench_stream::run(&popgen, &netconn, stream_seconds)?;
+            }
+            if part == "all" || part == "load" {
+                bench_load::run(
+                    &netconn,
+                    &bench_load::LoadArgs {
+                        rounds: load_rounds,
+                        seconds: load_seconds,
+                        connections: load_connections,
+                    },
+                )?;
             }
             Ok(())
         }),
