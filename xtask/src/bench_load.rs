@@ -454,8 +454,14 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
     let mut costed = Vec::new();
     {
         let _stats = StatsEnabled::on()?;
+        // --load-rounds 0: a quick look at the kernel cost alone.
+        let modes: &[Mode] = if args.rounds == 0 {
+            &[Mode::Agent]
+        } else {
+            &[Mode::Agent, Mode::Watcher]
+        };
         for r in 0..stats_rounds {
-            for mode in [Mode::Agent, Mode::Watcher] {
+            for &mode in modes {
                 let round = bench.round(mode)?;
                 say(&format!(
                     "bpf_stats round {}/{stats_rounds}: {}",

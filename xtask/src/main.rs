@@ -106,6 +106,10 @@ fn main() -> ExitCode {
                 bench_stream::run(&popgen, &netconn, stream_seconds)?;
             }
             if part == "all" || part == "load" {
+                // NETCONN_BIN: compare another build (e.g. a baseline) under load.
+                let netconn = std::env::var_os("NETCONN_BIN")
+                    .map(PathBuf::from)
+                    .unwrap_or(netconn);
                 bench_load::run(
                     &netconn,
                     &bench_load::LoadArgs {
