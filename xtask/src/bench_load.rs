@@ -86,6 +86,11 @@ struct Round {
     requests: u64,
     /// Agent process CPU over the run, % of one core.
     agent_cpu: Option<f64>,
+    /// CPU time of nginx's worker and wrk per request, µs: unlike req/s it
+    /// does not move with other load on the machine (softirq work is
+    /// charged to the task it interrupts; this kernel has no separate irq
+    /// time accounting).
+    cpu_us_per_request: f64,
     /// Per program: (run time ns, runs, recursion misses), deltas.
     programs: Vec<(String, u64, u64, u64)>,
     watched: u64,
@@ -93,6 +98,8 @@ struct Round {
 
 struct Bench<'a> {
     netconn: &'a Path,
+    /// nginx's worker process.
+    worker: u32,
     ns: Netns,
     dir: PathBuf,
     args: &'a LoadArgs,
@@ -193,6 +200,36 @@ fn prog_ids(pid: u32) -> Vec<u64> {
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect()
+}
+
+/// User + system CPU seconds of this process's reaped children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// nginx's worker: the master's only child.
+fn nginx_worker(master: u32) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("nginx started no worker");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Restores kernel.bpf_stats_enabled when dropped.
@@ -314,8 +351,9 @@ impl Bench<'_> {
         Ok((agent, socket))
     }
 
-    /// Run wrk; returns (requests/s, requests).
-    fn wrk(&self) -> Result<(f64, u64)> {
+    /// Run wrk; returns (requests/s, requests, CPU seconds of wrk).
+    fn wrk(&self) -> Result<(f64, u64, f64)> {
+        let children_before = children_cpu();
         let out = nsenter(&self.ns, "wrk")
             .args([
                 "-t1",
@@ -344,7 +382,8 @@ impl Bench<'_> {
                     .then(|| l.split_whitespace().next()?.parse().ok())?
             })
             .with_context(|| format!("no request count in wrk output: {text}"))?;
-        Ok((rate, requests))
+        // wrk is the only child reaped meanwhile.
+        Ok((rate, requests, children_cpu() - children_before))
     }
 
     fn round(&self, mode: Mode) -> Result<Round> {
@@ -384,10 +423,17 @@ impl Bench<'_> {
             Some(p) => prog_stats(p)?,
             None => Vec::new(),
         };
+        let worker0 = cpu_ticks(self.worker);
         let started = Instant::now();
-        let (requests_per_s, requests) = self.wrk()?;
+        let (requests_per_s, requests, wrk_cpu) = self.wrk()?;
         let wall = started.elapsed().as_secs_f64();
+        let worker1 = cpu_ticks(self.worker);
         let ticks1 = pid.and_then(cpu_ticks);
+        let worker_cpu = match (worker0, worker1) {
+            (Some(a), Some(b)) => (b - a) as f64 / ticks_per_second(),
+            _ => 0.0,
+        };
+        let cpu_us_per_request = (worker_cpu + wrk_cpu) * 1e6 / requests.max(1) as f64;
         let progs1 = match pid {
             Some(p) => prog_stats(p)?,
             None => Vec::new(),
@@ -411,6 +457,7 @@ impl Bench<'_> {
             requests_per_s,
             requests,
             agent_cpu,
+            cpu_us_per_request,
             programs,
             watched,
         })
@@ -421,13 +468,15 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
     setup()?;
     let dir = std::env::temp_dir().join(format!("netconn-bench-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let bench = Bench {
+    let mut bench = Bench {
         netconn,
+        worker: 0,
         ns: Netns::create("nc-bench-load")?,
         dir: dir.clone(),
         args,
     };
     let nginx = bench.start_nginx()?;
+    bench.worker = nginx_worker(nginx.0.id())?;
     say("warming up nginx and wrk");
     bench.wrk()?;
 
@@ -439,11 +488,12 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
             let mode = Mode::ALL[(r + i) % Mode::ALL.len()];
             let round = bench.round(mode)?;
             say(&format!(
-                "round {}/{}: {:<24} {:>8.0} req/s",
+                "round {}/{}: {:<24} {:>8.0} req/s {:>6.1} µs CPU/request",
                 r + 1,
                 args.rounds,
                 mode.name(),
-                round.requests_per_s
+                round.requests_per_s,
+                round.cpu_us_per_request
             ));
             rounds.push(round);
         }
@@ -480,6 +530,11 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
         "netconn load bench: nginx (1 worker) serving `Connection: close` to wrk (1 thread, {} connections) on loopback, {} s per round, {} interleaved rounds; medians",
         args.connections, args.seconds, args.rounds
     );
+    println!(
+        "(CPU ratio: nginx + wrk CPU per request without the agent / with it, i.e. the \
+         throughput a CPU-bound server keeps; it is not moved by other load on the machine, \
+         unlike req/s)"
+    );
     let base = median(
         rounds
             .iter()
@@ -487,9 +542,16 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
             .map(|r| r.requests_per_s)
             .collect(),
     );
+    let base_cpu = median(
+        rounds
+            .iter()
+            .filter(|r| r.mode == Mode::None)
+            .map(|r| r.cpu_us_per_request)
+            .collect(),
+    );
     println!(
-        "{:<24} | {:>10} | {:>7} | {:>17} | {:>9}",
-        "mode", "req/s", "ratio", "ratio range", "agent CPU"
+        "{:<24} | {:>10} | {:>7} | {:>17} | {:>9} | {:>16} | {:>9}",
+        "mode", "req/s", "ratio", "ratio range", "agent CPU", "CPU µs/request", "CPU ratio"
     );
     for mode in Mode::ALL {
         let of: Vec<&Round> = rounds.iter().filter(|r| r.mode == mode).collect();
@@ -498,8 +560,9 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let cpu = median(of.iter().filter_map(|r| r.agent_cpu).collect());
+        let per_request = median(of.iter().map(|r| r.cpu_us_per_request).collect());
         println!(
-            "{:<24} | {:>10.0} | {:>6.1}% | {:>7.1}%-{:>6.1}% | {:>9}",
+            "{:<24} | {:>10.0} | {:>6.1}% | {:>7.1}%-{:>6.1}% | {:>9} | {:>16.1} | {:>8.1}%",
             mode.name(),
             rate,
             rate / base * 100.0,
@@ -509,7 +572,9 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
                 "-".to_string()
             } else {
                 format!("{cpu:.1}%")
-            }
+            },
+            per_request,
+            base_cpu / per_request * 100.0
         );
     }
 
