@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+        generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -115,6 +115,42 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
+/// This CPU's clock reading at the start of the current jiffy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Tick {
+    jiffies: u64,
+    boot_ns: u64,
+}
+
+#[map]
+static TICK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
+
+/// Boot time, to within a jiffy (1-10 ms), for entries nobody watches: only
+/// leak ages (minutes) read them. A clocksource read costs ~35 ns per event
+/// on these machines; this reads it once per jiffy per CPU (every ~200
+/// events under load) and otherwise reuses that reading. A nested run may
+/// see a half-written Tick: the time is then one jiffy off, no more.
+#[inline(always)]
+fn tick_time() -> u64 {
+    // SAFETY: no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(tick) = TICK.get_ptr_mut(0) else {
+        // SAFETY: no preconditions.
+        return unsafe { bpf_ktime_get_boot_ns() };
+    };
+    // SAFETY: this CPU's copy of our own map value.
+    unsafe {
+        if read_volatile(&raw const (*tick).jiffies) == jiffies {
+            return read_volatile(&raw const (*tick).boot_ns);
+        }
+        let now = bpf_ktime_get_boot_ns();
+        write_volatile(&raw mut (*tick).boot_ns, now);
+        write_volatile(&raw mut (*tick).jiffies, jiffies);
+        now
+    }
+}
+
 /// One event the primary ran for: the tracepoint's arguments.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -122,7 +158,15 @@ struct Claim {
     sk: u64,
     /// old << 32 | new
     transition: u64,
+    /// jiffies when pushed.
+    at: u64,
 }
+
+/// A claim older than this many jiffies (at least 1 s for HZ <= 1000) was
+/// left by a primary run nested in a backup run after the backup's last
+/// write: nobody pops it. The pending claims of a softirq batch between a
+/// primary run and its backup run (milliseconds) are much younger.
+const CLAIM_TTL_JIFFIES: u64 = 1024;
 
 /// Events the primary ran for whose backup run has not come yet, as a
 /// stack: runs nest, so the backup run of an event always comes right after
@@ -162,11 +206,18 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: this CPU's copy of our own map value. Volatile: the backup
         // may read it from an interrupt at any instruction, which the
         // compiler cannot see; `depth` goes last so the claim is whole when
-        // it becomes visible. A full stack only holds claims whose backup
-        // run was skipped (see the backup): start over.
+        // it becomes visible. A full stack, or one whose newest claim is
+        // stale, only holds claims nobody will pop (see CLAIM_TTL_JIFFIES):
+        // start over, so that they cannot match a later event.
         unsafe {
+            let jiffies = bpf_jiffies64();
             let depth = read_volatile(&raw const (*claims).depth);
-            let index = if depth >= CLAIM_SLOTS as u64 {
+            let index = if depth >= CLAIM_SLOTS as u64
+                || (depth > 0
+                    && jiffies.wrapping_sub(read_volatile(
+                        &raw const (*claims).slot[(depth - 1) as usize & (CLAIM_SLOTS - 1)].at,
+                    )) > CLAIM_TTL_JIFFIES)
+            {
                 0
             } else {
                 depth
@@ -174,6 +225,7 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
             let slot = &raw mut (*claims).slot[index as usize & (CLAIM_SLOTS - 1)];
             write_volatile(&raw mut (*slot).sk, sk as u64);
             write_volatile(&raw mut (*slot).transition, transition(old, new));
+            write_volatile(&raw mut (*slot).at, jiffies);
             write_volatile(&raw mut (*claims).depth, index + 1);
         }
     }
@@ -181,10 +233,11 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// The backup handler, attached after the primary so that it runs after it
-/// for the same event. The claim on top of the stack is this event's when
-/// the primary ran for it: pop it, done (the common path: one inlined map
-/// lookup and two compares). Otherwise the kernel skipped the primary for
-/// this event (we are nested inside it), and the event is handled here.
+/// for the same event. When the primary ran for this event, its claim is on
+/// top of the stack (or under claims pushed by primary runs nested in this
+/// one): pop it, done (the common path: one inlined map lookup and two
+/// compares). Otherwise the kernel skipped the primary for this event (we
+/// are nested inside it), and the event is handled here.
 /// Events both missed show up as primary `recursion_misses` exceeding
 /// STAT_BACKUP_HANDLED, which the agent checks.
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -197,14 +250,21 @@ pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's copy of our own map value; bounded index.
     unsafe {
         let depth = read_volatile(&raw const (*claims).depth);
-        if depth > 0 && depth <= CLAIM_SLOTS as u64 {
-            let top = &raw const (*claims).slot[(depth - 1) as usize & (CLAIM_SLOTS - 1)];
-            if read_volatile(&raw const (*top).sk) == sk as u64
-                && read_volatile(&raw const (*top).transition) == transition(old, new)
+        // Normally the claim is on top. Above it can only be claims of
+        // primary runs nested inside this run before we read `depth`: their
+        // backup runs were skipped (we were busy), so they are dropped with it.
+        for k in 0..CLAIM_SLOTS as u64 {
+            if k >= depth {
+                break;
+            }
+            let index = depth - 1 - k;
+            let claim = &raw const (*claims).slot[index as usize & (CLAIM_SLOTS - 1)];
+            if read_volatile(&raw const (*claim).sk) == sk as u64
+                && read_volatile(&raw const (*claim).transition) == transition(old, new)
             {
-                // Also drops claims that primary runs nested in this run
-                // pushed: their backup runs were skipped (we were busy).
-                write_volatile(&raw mut (*claims).depth, depth - 1);
+                // Also drops what primary runs nested in this run pushed
+                // meanwhile (as above).
+                write_volatile(&raw mut (*claims).depth, index);
                 return 0;
             }
         }
@@ -265,16 +325,21 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(),
         _ => return Err(STAT_READ_FAILED),
     };
     let cookie = cookie_of(sk);
-    // The one clock read of an event.
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let streaming = CONTROL.get(CONTROL_STREAM).is_some_and(|v| *v != 0);
+    let now = if streaming {
+        // A watcher gets exact times.
+        // SAFETY: no preconditions.
+        unsafe { bpf_ktime_get_boot_ns() }
+    } else {
+        tick_time()
+    };
     let previous = track(sk, cookie, family, new as u8, now, bank)?;
     let cell = bank * TRANSITION_CELLS + transition_cell(family, old as u8, new as u8);
     if let Some(n) = TRANSITIONS.get_ptr_mut(cell) {
         // SAFETY: this CPU's copy of our own map value, this program's bank.
         unsafe { *n += 1 };
     }
-    if CONTROL.get(CONTROL_STREAM).is_some_and(|v| *v != 0) {
+    if streaming {
         emit(sk, cookie, family, old as u8, new as u8, now, previous);
     }
     Ok(())
@@ -293,6 +358,8 @@ fn track(
 ) -> Result<Option<KernelSock>, u32> {
     let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
     let closing = new as i32 == TCP_CLOSE;
+    // Always looked up, even for a socket's first event: handling an event
+    // twice must leave the counts alone (see netconn_backup).
     if let Some(entry) = SOCKS.get_ptr_mut(cookie) {
         // SAFETY: pointer to our own map value; this socket's transitions are
         // serialised by its lock, so nobody else writes this entry now.
