@@ -162,11 +162,13 @@ struct Claim {
     at: u64,
 }
 
-/// A claim older than this many jiffies (at least 1 s for HZ <= 1000) was
-/// left by a primary run nested in a backup run after the backup's last
-/// write: nobody pops it. The pending claims of a softirq batch between a
-/// primary run and its backup run (milliseconds) are much younger.
-const CLAIM_TTL_JIFFIES: u64 = 1024;
+/// A claim older than this many jiffies (64 ms at HZ=1000, 256 ms at
+/// HZ=250) was left by a primary run nested in a backup run after the
+/// backup's last write: nobody pops it, and it must not match a later event
+/// of a socket that reuses the address. A pending claim waits only for the
+/// interrupts and softirqs nested between a primary run and its backup run
+/// (a softirq batch yields to ksoftirqd after 2 ms): far younger.
+const CLAIM_TTL_JIFFIES: u64 = 64;
 
 /// Events the primary ran for whose backup run has not come yet, as a
 /// stack: runs nest, so the backup run of an event always comes right after
@@ -249,6 +251,7 @@ pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: this CPU's copy of our own map value; bounded index.
     unsafe {
+        let jiffies = bpf_jiffies64();
         let depth = read_volatile(&raw const (*claims).depth);
         // Normally the claim is on top. Above it can only be claims of
         // primary runs nested inside this run before we read `depth`: their
@@ -261,6 +264,7 @@ pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
             let claim = &raw const (*claims).slot[index as usize & (CLAIM_SLOTS - 1)];
             if read_volatile(&raw const (*claim).sk) == sk as u64
                 && read_volatile(&raw const (*claim).transition) == transition(old, new)
+                && jiffies.wrapping_sub(read_volatile(&raw const (*claim).at)) <= CLAIM_TTL_JIFFIES
             {
                 // Also drops what primary runs nested in this run pushed
                 // meanwhile (as above).

@@ -94,6 +94,8 @@ struct Round {
     /// Per program: (run time ns, runs, recursion misses), deltas.
     programs: Vec<(String, u64, u64, u64)>,
     watched: u64,
+    /// Times the agent re-seeded itself (counts found inexact) by the end.
+    reseeds: u64,
 }
 
 struct Bench<'a> {
@@ -149,9 +151,12 @@ fn ticks_per_second() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// Our programs' (name, run_time_ns, run_cnt, recursion_misses), from
+/// (name, run_time_ns, run_cnt, recursion_misses, id)
+type ProgStat = (String, u64, u64, u64, u64);
+
+/// Our programs' (name, run_time_ns, run_cnt, recursion_misses, id), from
 /// `bpftool prog show -j`, restricted to the programs `pid` holds.
-fn prog_stats(pid: u32) -> Result<Vec<(String, u64, u64, u64)>> {
+fn prog_stats(pid: u32) -> Result<Vec<ProgStat>> {
     let ids = prog_ids(pid);
     let out = Command::new("bpftool")
         .args(["prog", "show", "-j"])
@@ -172,15 +177,16 @@ fn prog_stats(pid: u32) -> Result<Vec<(String, u64, u64, u64)>> {
             continue;
         }
         // Other agents may be loaded (tests of other work trees): only ours.
-        if !p["id"].as_u64().is_some_and(|id| ids.contains(&id)) {
+        let Some(id) = p["id"].as_u64().filter(|id| ids.contains(id)) else {
             continue;
-        }
+        };
         let n = |k: &str| p[k].as_u64().unwrap_or(0);
         found.push((
             name.to_string(),
             n("run_time_ns"),
             n("run_cnt"),
             n("recursion_misses"),
+            id,
         ));
     }
     Ok(found)
@@ -200,6 +206,18 @@ fn prog_ids(pid: u32) -> Vec<u64> {
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect()
+}
+
+/// `meta.reseeds` of the agent at `socket` (0 if it does not answer).
+fn reseeds_of(netconn: &Path, socket: &Path) -> u64 {
+    Command::new(netconn)
+        .args(["stats", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["meta"]["reseeds"].as_u64())
+        .unwrap_or(0)
 }
 
 /// User + system CPU seconds of this process's reaped children.
@@ -390,8 +408,10 @@ impl Bench<'_> {
         let mut agent = None;
         let mut watcher = None;
         let mut counter = None;
+        let mut agent_socket = None;
         if mode != Mode::None {
             let (a, socket) = self.start_agent()?;
+            agent_socket = Some(socket.clone());
             if mode == Mode::Watcher {
                 let mut w = Command::new(self.netconn)
                     .args(["watch", "--json", "--socket"])
@@ -444,11 +464,16 @@ impl Bench<'_> {
         };
         let programs = progs1
             .iter()
-            .filter_map(|(name, t, n, m)| {
-                let (_, t0, n0, m0) = progs0.iter().find(|p| &p.0 == name)?;
+            .filter_map(|(name, t, n, m, id)| {
+                // By id: a re-seed during the round loads new programs.
+                let (_, t0, n0, m0, _) = progs0.iter().find(|p| p.4 == *id)?;
                 Some((name.clone(), t - t0, n - n0, m - m0))
             })
             .collect();
+        let reseeds = match &agent_socket {
+            Some(socket) => reseeds_of(self.netconn, socket),
+            None => 0,
+        };
         drop(watcher);
         let watched = counter.and_then(|c| c.join().ok()).unwrap_or(0);
         drop(agent);
@@ -460,6 +485,7 @@ impl Bench<'_> {
             cpu_us_per_request,
             programs,
             watched,
+            reseeds,
         })
     }
 }
@@ -639,6 +665,15 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
         .map(|p| p.3)
         .sum();
     let watched: u64 = costed.iter().map(|r| r.watched).sum();
+    let reseeds: u64 = rounds.iter().chain(&costed).map(|r| r.reseeds).sum();
+    let agent_rounds = rounds
+        .iter()
+        .chain(&costed)
+        .filter(|r| r.mode != Mode::None)
+        .count();
+    println!(
+        "agent re-seeds (counts found inexact and rebuilt): {reseeds} in {agent_rounds} agent rounds"
+    );
     println!(
         "(ns per transition = program run time / primary runs; the primary runs once per \
          transition, the backup too; nested runs the kernel skipped for the primary: {misses}; \
