@@ -27,6 +27,72 @@ pub struct SockEntry {
     pub _pad: u8,
 }
 
+/// Value of the kernel's `SOCKS` map: [`SockEntry`] plus where the socket's
+/// namespace counters are, so that an event needs no namespace lookup. The
+/// agent sees [`SockEntry`]; netconn-user/src/probe.rs converts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSock {
+    pub since_ns: u64,
+    pub netns: u32,
+    /// Index into `COUNTS` of `netns`'s counters, or [`NS_SLOT_UNKNOWN`]
+    /// (seeded by the agent: the kernel finds it at the socket's next event).
+    pub ns_slot: u16,
+    pub state: u8,
+    /// [`FAMILY_INET`] or [`FAMILY_INET6`] in bit 0, ENTRY_* above it.
+    pub family_flags: u8,
+}
+
+impl KernelSock {
+    #[inline(always)]
+    pub const fn family(&self) -> u8 {
+        self.family_flags & 1
+    }
+
+    #[inline(always)]
+    pub const fn flags(&self) -> u8 {
+        self.family_flags >> 1
+    }
+
+    #[inline(always)]
+    pub const fn family_flags(family: u8, flags: u8) -> u8 {
+        (family & 1) | (flags << 1)
+    }
+}
+
+/// `COUNTS` and `TRANSITIONS` hold two banks: one written only by the
+/// primary program, one only by the backup. The two can nest on one CPU but
+/// never write the same bank, so their per-CPU adds need no atomics (a lock
+/// prefix per add). Readers sum both; a bank's cells start at
+/// `bank * (cells per bank)`.
+pub const BANKS: u32 = 2;
+
+/// Namespaces with counters (`COUNTS` slots per bank, `NS_SLOTS` entries).
+pub const NS_SLOTS_MAX: u32 = 4096;
+/// A namespace's slot is the first of `ns_slot_probe(netns, 0..NS_SLOT_PROBES)`
+/// that `NS_SLOTS` (slot -> namespace inode) gives to it; a slot is taken by
+/// inserting there with BPF_NOEXIST, which the kernel does atomically.
+pub const NS_SLOT_PROBES: u32 = 32;
+
+/// The `i`th slot to try for namespace `netns` (open addressing).
+#[inline(always)]
+pub const fn ns_slot_probe(netns: u32, i: u32) -> u32 {
+    ((netns.wrapping_mul(0x9E37_79B1) >> 20).wrapping_add(i)) & (NS_SLOTS_MAX - 1)
+}
+
+/// [`KernelSock::ns_slot`] not known yet.
+pub const NS_SLOT_UNKNOWN: u16 = u16::MAX;
+
+/// Cells of the `TRANSITIONS` per-CPU array: one per (family, old, new),
+/// at [`transition_cell`].
+pub const TRANSITION_CELLS: u32 = 2 * STATE_SLOTS as u32 * STATE_SLOTS as u32;
+
+/// Cell of `TRANSITIONS` counting `family`'s `old` -> `new` transitions.
+#[inline(always)]
+pub const fn transition_cell(family: u8, old: u8, new: u8) -> u32 {
+    ((family as u32 & 1) << 8) | ((old as u32 & 15) << 4) | (new as u32 & 15)
+}
+
 /// The entry tracks a live socket and is counted in `COUNTS`.
 pub const ENTRY_LIVE: u8 = 0;
 /// A live entry inserted by the agent's seed: `since_ns` is when the agent
@@ -44,8 +110,8 @@ pub const FAMILY_INET6: u8 = 1;
 /// with a power-of-two stride the verifier can bound with a mask.
 pub const STATE_SLOTS: usize = 16;
 
-/// Per-CPU TCP counters of one network namespace (value of `COUNTS`, keyed by
-/// netns inode). Each CPU holds deltas; the true count is the sum over CPUs
+/// Per-CPU TCP counters of one network namespace (value of `COUNTS`, at the
+/// namespace's slot in `NS_SLOTS`). Each CPU holds deltas; the true count is the sum over CPUs
 /// plus what the agent seeded, and any one CPU's value may be negative.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -126,10 +192,14 @@ pub const EVENT_SINCE_SEEDING: u8 = 4;
 mod user {
     // SAFETY: plain-old-data, no padding, any bit pattern is valid.
     unsafe impl aya::Pod for super::SockEntry {}
+    unsafe impl aya::Pod for super::KernelSock {}
     unsafe impl aya::Pod for super::NsCounts {}
     unsafe impl aya::Pod for super::StateEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<SockEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelSock>() == 16);
+const _: () = assert!(transition_cell(1, 15, 15) < TRANSITION_CELLS);
+const _: () = assert!(NS_SLOTS_MAX == 1 << 12); // ns_slot_probe keeps 12 bits
 const _: () = assert!(core::mem::size_of::<NsCounts>() == 256);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 88);

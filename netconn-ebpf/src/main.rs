@@ -16,12 +16,11 @@ mod changes;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 // The bpf target has no atomic types with fetch_add; the intrinsic lowers to
@@ -29,23 +28,32 @@ use aya_ebpf::{
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{read_volatile, write_volatile},
 };
 use netconn_common::{
-    CONTROL_SEEDING, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED, ENTRY_TOMBSTONE,
-    EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6, NsCounts,
-    STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS,
-    STAT_SOCKS_FULL, SockEntry, StateEvent, model::TCP_CLOSE, slot,
+    BANKS, CONTROL_SEEDING, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED,
+    ENTRY_TOMBSTONE, EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6,
+    KernelSock, NS_SLOT_PROBES, NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_BACKUP_HANDLED,
+    STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL,
+    STATE_SLOTS, StateEvent, TRANSITION_CELLS, ns_slot_probe, slot, transition_cell,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_CLOSE: i32 = 7;
 
 /// Byte offsets inside kernel structs, read from the running kernel's BTF by
 /// the agent and written here before load (Rust eBPF has no CO-RE field
 /// relocations). Names are `struct.field` in include/net/sock.h and
-/// include/net/net_namespace.h / include/linux/ns_common.h.
+/// include/net/net_namespace.h / include/linux/ns_common.h. They live in
+/// frozen .rodata, so the verifier knows their values: `sk + OFFSET` is a
+/// typed BTF access it checks once, and the load is one instruction instead
+/// of a bpf_probe_read_kernel call.
 #[unsafe(no_mangle)]
 static SK_FAMILY_OFFSET: u64 = 0; // sock_common.skc_family (u16)
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: u64 = 0; // sock.sk_protocol (u16)
 #[unsafe(no_mangle)]
 static SK_NET_OFFSET: u64 = 0; // sock_common.skc_net.net (struct net *)
 #[unsafe(no_mangle)]
@@ -73,13 +81,26 @@ static SK_LOCK_OWNED_OFFSET: u64 = 0; // sock.sk_lock.owned (int)
 /// nested run (a lost event). Measured: 750 lost of ~100k while building
 /// 45k connections on loopback without prealloc.
 #[map]
-static SOCKS: HashMap<u64, SockEntry> = HashMap::with_max_entries(1 << 19, 0);
+static SOCKS: HashMap<u64, KernelSock> = HashMap::with_max_entries(1 << 19, 0);
 
-/// Per-namespace, per-CPU state counters (deltas, see NsCounts).
+/// Per-CPU state counters (deltas, see NsCounts), one entry per namespace
+/// slot. An array, not a hash keyed by namespace: the lookup is inlined by
+/// the verifier, and the slot is found once per socket (kept in its entry).
 #[map]
-static COUNTS: PerCpuHashMap<u32, NsCounts> = PerCpuHashMap::with_max_entries(4096, 0);
+static COUNTS: PerCpuArray<NsCounts> = PerCpuArray::with_max_entries(BANKS * NS_SLOTS_MAX, 0);
 
-/// Switches set by the agent; index CONTROL_SEEDING is non-zero while seeding.
+/// COUNTS slot -> the namespace inode that owns it (see ns_slot_probe).
+/// Slots are never freed: an inode reused by a new namespace keeps counting
+/// where the old one left off, as inode-keyed counters did.
+#[map]
+static NS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
+
+/// Counted TCP transitions per (family, old, new), at transition_cell(), for
+/// `netconn_transitions_total`. 512 cells of one per-CPU array: the lookup
+/// is inlined, and summing 4 KiB per CPU is cheap for the agent.
+#[map]
+static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BANKS * TRANSITION_CELLS, 0);
+
 /// State transitions for `netconn watch`, written only while CONTROL_STREAM
 /// is on. Size set by the agent at load time.
 #[map]
@@ -88,6 +109,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Unread bytes in EVENTS at which the reader is woken (about 700 events).
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
+/// Switches set by the agent; index CONTROL_SEEDING is non-zero while seeding.
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
@@ -95,32 +117,72 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// One event the primary handled: the tracepoint's arguments and when.
+/// This CPU's clock reading at the start of the current jiffy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Tick {
+    jiffies: u64,
+    boot_ns: u64,
+}
+
+#[map]
+static TICK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
+
+/// Boot time, to within a jiffy (1-10 ms), for entries nobody watches: only
+/// leak ages (minutes) read them. A clocksource read costs ~35 ns per event
+/// on these machines; this reads it once per jiffy per CPU (every ~200
+/// events under load) and otherwise reuses that reading. A nested run may
+/// see a half-written Tick: the time is then one jiffy off, no more.
+#[inline(always)]
+fn tick_time() -> u64 {
+    // SAFETY: no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(tick) = TICK.get_ptr_mut(0) else {
+        // SAFETY: no preconditions.
+        return unsafe { bpf_ktime_get_boot_ns() };
+    };
+    // SAFETY: this CPU's copy of our own map value.
+    unsafe {
+        if read_volatile(&raw const (*tick).jiffies) == jiffies {
+            return read_volatile(&raw const (*tick).boot_ns);
+        }
+        let now = bpf_ktime_get_boot_ns();
+        write_volatile(&raw mut (*tick).boot_ns, now);
+        write_volatile(&raw mut (*tick).jiffies, jiffies);
+        now
+    }
+}
+
+/// One event the primary ran for: the tracepoint's arguments.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Claim {
-    /// Socket cookie (never reused, unlike a socket's address); 0 = free.
-    cookie: u64,
+    sk: u64,
     /// old << 32 | new
     transition: u64,
-    at_ns: u64,
-    /// Claims::next when it was written.
-    seq: u64,
+    /// jiffies when pushed.
+    at: u64,
 }
 
-/// The last few events the primary handled on this CPU, newest at `next - 1`.
+/// A claim older than this many jiffies (64 ms at HZ=1000, 256 ms at
+/// HZ=250) was left by a primary run nested in a backup run after the
+/// backup's last write: nobody pops it, and it must not match a later event
+/// of a socket that reuses the address. A pending claim waits only for the
+/// interrupts and softirqs nested between a primary run and its backup run
+/// (a softirq batch yields to ksoftirqd after 2 ms): far younger.
+const CLAIM_TTL_JIFFIES: u64 = 64;
+
+/// Events the primary ran for whose backup run has not come yet, as a
+/// stack: runs nest, so the backup run of an event always comes right after
+/// the primary's and after every run nested inside those.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Claims {
+    depth: u64,
     slot: [Claim; CLAIM_SLOTS],
-    next: u64,
 }
 
 const CLAIM_SLOTS: usize = 8;
-/// A claim older than this is stale (its backup run was itself skipped) and
-/// its slot is free. Generous: a softirq batch between the primary and the
-/// backup of one event can take milliseconds.
-const CLAIM_TTL_NS: u64 = 1_000_000_000;
 
 #[map]
 static CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 0);
@@ -130,124 +192,93 @@ static CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 0);
 /// softirq fires this tracepoint again, that nested run is skipped and only
 /// counted in the program's `recursion_misses` (measured: hundreds per 100k
 /// events while building connections on loopback). Hence the backup below;
-/// the primary records each event it has handled so the backup can tell.
+/// the primary pushes a claim for each event it ran for so the backup can
+/// tell.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the arguments are those of trace_inet_sock_set_state(sk, old, new).
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    if sk.is_null() {
-        return 0;
-    }
-    let cookie = cookie_of(sk);
-    if let Err(stat) = try_set_state(sk, cookie, old, new) {
+    if !sk.is_null()
+        && let Err(stat) = try_set_state(sk, old, new, PRIMARY)
+    {
         bump(stat);
     }
-    // Claimed after handling: the backup for this event runs right after
-    // us, so the claim is as fresh as it can be when it is looked up.
+    // Claimed after handling: a run nested before this point was skipped
+    // for the primary and finds no claim of its own on top, so its backup
+    // run handles it.
     if let Some(claims) = CLAIMS.get_ptr_mut(0) {
         // SAFETY: this CPU's copy of our own map value. Volatile: the backup
         // may read it from an interrupt at any instruction, which the
-        // compiler cannot see; `cookie` goes last so a torn slot never matches.
+        // compiler cannot see; `depth` goes last so the claim is whole when
+        // it becomes visible. A full stack, or one whose newest claim is
+        // stale, only holds claims nobody will pop (see CLAIM_TTL_JIFFIES):
+        // start over, so that they cannot match a later event.
         unsafe {
-            let now = bpf_ktime_get_ns();
-            // A free (consumed or expired) slot, else the oldest claim. A
-            // claim still waiting for its backup run is the newest but for
-            // ones nested runs add (and mostly consume), while claims whose
-            // backup run was skipped linger: evict those first.
-            let next = core::ptr::read_volatile(&raw const (*claims).next);
-            let mut index = 0;
-            let mut oldest = u64::MAX;
-            for i in 0..CLAIM_SLOTS {
-                let slot = &raw const (*claims).slot[i];
-                if core::ptr::read_volatile(&raw const (*slot).cookie) == 0
-                    || now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
-                        >= CLAIM_TTL_NS
-                {
-                    index = i;
-                    break;
-                }
-                let age = next.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).seq));
-                if oldest == u64::MAX || age > oldest {
-                    oldest = age;
-                    index = i;
-                }
-            }
-            // Advance `next` first: a backup run nested from here on starts
-            // after this claim's sequence number, so its clean-up of claims
-            // newer than itself can never take this one.
-            core::ptr::write_volatile(&raw mut (*claims).next, next.wrapping_add(1));
-            let slot = &raw mut (*claims).slot[index];
-            core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
-            core::ptr::write_volatile(&raw mut (*slot).at_ns, now);
-            core::ptr::write_volatile(&raw mut (*slot).transition, transition(old, new));
-            core::ptr::write_volatile(&raw mut (*slot).seq, next);
-            core::ptr::write_volatile(&raw mut (*slot).cookie, cookie);
+            let jiffies = bpf_jiffies64();
+            let depth = read_volatile(&raw const (*claims).depth);
+            let index = if depth >= CLAIM_SLOTS as u64
+                || (depth > 0
+                    && jiffies.wrapping_sub(read_volatile(
+                        &raw const (*claims).slot[(depth - 1) as usize & (CLAIM_SLOTS - 1)].at,
+                    )) > CLAIM_TTL_JIFFIES)
+            {
+                0
+            } else {
+                depth
+            };
+            let slot = &raw mut (*claims).slot[index as usize & (CLAIM_SLOTS - 1)];
+            write_volatile(&raw mut (*slot).sk, sk as u64);
+            write_volatile(&raw mut (*slot).transition, transition(old, new));
+            write_volatile(&raw mut (*slot).at, jiffies);
+            write_volatile(&raw mut (*claims).depth, index + 1);
         }
     }
     0
 }
 
 /// The backup handler, attached after the primary so that it runs after it
-/// for the same event. An event the primary claimed is done (the claim is
-/// consumed); any other event is one the kernel skipped the primary for, and
-/// is handled here. Events both missed show up as primary `recursion_misses`
-/// exceeding STAT_BACKUP_HANDLED, which the agent checks.
+/// for the same event. When the primary ran for this event, its claim is on
+/// top of the stack (or under claims pushed by primary runs nested in this
+/// one): pop it, done (the common path: one inlined map lookup and two
+/// compares). Otherwise the kernel skipped the primary for this event (we
+/// are nested inside it), and the event is handled here.
+/// Events both missed show up as primary `recursion_misses` exceeding
+/// STAT_BACKUP_HANDLED, which the agent checks.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn netconn_backup(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: as in the primary.
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    if sk.is_null() {
-        return 0;
-    }
-    let cookie = cookie_of(sk);
     let Some(claims) = CLAIMS.get_ptr_mut(0) else {
-        return handle_unclaimed(sk, cookie, old, new);
+        return handle_unclaimed(sk, old, new);
     };
-    // SAFETY: this CPU's copy of our own map value.
-    let started_at = unsafe { core::ptr::read_volatile(&raw const (*claims).next) };
-    if !consume_claim(claims, cookie, transition(old, new)) {
-        handle_unclaimed(sk, cookie, old, new);
-    }
-    // Claims written while this run was active come from primary runs
-    // nested inside it, whose backup runs the kernel skipped (this program
-    // was busy): nobody will consume them. Drop them so they cannot crowd
-    // out a live claim.
-    for i in 0..CLAIM_SLOTS {
-        // SAFETY: as above; bounded index.
-        unsafe {
-            let slot = &raw mut (*claims).slot[i];
-            if core::ptr::read_volatile(&raw const (*slot).cookie) != 0
-                && core::ptr::read_volatile(&raw const (*slot).seq).wrapping_sub(started_at)
-                    < u64::MAX / 2
+    // SAFETY: this CPU's copy of our own map value; bounded index.
+    unsafe {
+        let jiffies = bpf_jiffies64();
+        let depth = read_volatile(&raw const (*claims).depth);
+        // Normally the claim is on top. Above it can only be claims of
+        // primary runs nested inside this run before we read `depth`: their
+        // backup runs were skipped (we were busy), so they are dropped with it.
+        for k in 0..CLAIM_SLOTS as u64 {
+            if k >= depth {
+                break;
+            }
+            let index = depth - 1 - k;
+            let claim = &raw const (*claims).slot[index as usize & (CLAIM_SLOTS - 1)];
+            if read_volatile(&raw const (*claim).sk) == sk as u64
+                && read_volatile(&raw const (*claim).transition) == transition(old, new)
+                && jiffies.wrapping_sub(read_volatile(&raw const (*claim).at)) <= CLAIM_TTL_JIFFIES
             {
-                core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+                // Also drops what primary runs nested in this run pushed
+                // meanwhile (as above).
+                write_volatile(&raw mut (*claims).depth, index);
+                return 0;
             }
         }
+        handle_unclaimed(sk, old, new);
+        // As above: nothing pushed while we ran will be popped.
+        write_volatile(&raw mut (*claims).depth, depth);
     }
     0
-}
-
-/// Find and consume the primary's claim on this event: the same socket
-/// (by cookie, which is never reused) making the same transition, recently.
-#[inline(always)]
-fn consume_claim(claims: *mut Claims, cookie: u64, want: u64) -> bool {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    for i in 0..CLAIM_SLOTS {
-        // SAFETY: this CPU's copy of our own map value; bounded index.
-        unsafe {
-            let slot = &raw mut (*claims).slot[i];
-            if core::ptr::read_volatile(&raw const (*slot).cookie) == cookie
-                && core::ptr::read_volatile(&raw const (*slot).transition) == want
-                && now.wrapping_sub(core::ptr::read_volatile(&raw const (*slot).at_ns))
-                    < CLAIM_TTL_NS
-            {
-                core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
-                return true;
-            }
-        }
-    }
-    false
 }
 
 #[inline(always)]
@@ -256,11 +287,17 @@ fn cookie_of(sk: *const c_void) -> u64 {
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
 
+/// Banks of COUNTS and TRANSITIONS (see netconn_common::BANKS).
+const PRIMARY: u32 = 0;
+const BACKUP: u32 = 1;
+
 /// An event the kernel skipped the primary for: handle it here.
 #[inline(always)]
-fn handle_unclaimed(sk: *const c_void, cookie: u64, old: i32, new: i32) -> i32 {
+fn handle_unclaimed(sk: *const c_void, old: i32, new: i32) -> i32 {
     bump(STAT_BACKUP_HANDLED);
-    if let Err(stat) = try_set_state(sk, cookie, old, new) {
+    if !sk.is_null()
+        && let Err(stat) = try_set_state(sk, old, new, BACKUP)
+    {
         bump(stat);
     }
     0
@@ -271,23 +308,45 @@ fn transition(old: i32, new: i32) -> u64 {
     ((old as u32 as u64) << 32) | new as u32 as u64
 }
 
-fn try_set_state(sk: *const c_void, cookie: u64, old: i32, new: i32) -> Result<(), u32> {
+#[inline(always)]
+fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(), u32> {
     if old == new {
         return Ok(());
     }
-    // SAFETY: helpers on the tracepoint's own socket pointer. skc_to_tcp_sock
-    // is non-null only for full TCP sockets (not SCTP, not the MPTCP socket).
-    let is_tcp = unsafe { !bpf_skc_to_tcp_sock(sk as *mut c_void).is_null() };
-    if !is_tcp {
+    // SAFETY: typed loads from the tracepoint's socket at this kernel's BTF
+    // offsets. Full TCP sockets only (not SCTP, not the MPTCP socket; the
+    // tracepoint only fires for full sockets).
+    let (protocol, af) = unsafe {
+        (
+            load::<u16>(sk, &SK_PROTOCOL_OFFSET),
+            load::<u16>(sk, &SK_FAMILY_OFFSET),
+        )
+    };
+    if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let (family, netns) = read_family_netns(sk)?;
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let previous = track(cookie, family, netns, new as u8, now)?;
-    if CONTROL.get(CONTROL_STREAM).is_some_and(|v| *v != 0) {
-        emit(
-            sk, cookie, family, netns, old as u8, new as u8, now, previous,
-        );
+    let family = match af {
+        AF_INET => FAMILY_INET,
+        AF_INET6 => FAMILY_INET6,
+        _ => return Err(STAT_READ_FAILED),
+    };
+    let cookie = cookie_of(sk);
+    let streaming = CONTROL.get(CONTROL_STREAM).is_some_and(|v| *v != 0);
+    let now = if streaming {
+        // A watcher gets exact times.
+        // SAFETY: no preconditions.
+        unsafe { bpf_ktime_get_boot_ns() }
+    } else {
+        tick_time()
+    };
+    let previous = track(sk, cookie, family, new as u8, now, bank)?;
+    let cell = bank * TRANSITION_CELLS + transition_cell(family, old as u8, new as u8);
+    if let Some(n) = TRANSITIONS.get_ptr_mut(cell) {
+        // SAFETY: this CPU's copy of our own map value, this program's bank.
+        unsafe { *n += 1 };
+    }
+    if streaming {
+        emit(sk, cookie, family, old as u8, new as u8, now, previous);
     }
     Ok(())
 }
@@ -295,42 +354,47 @@ fn try_set_state(sk: *const c_void, cookie: u64, old: i32, new: i32) -> Result<(
 /// Move the socket's count to `new` and update its entry. Returns the entry
 /// it had before (for the event's time-in-state), if it had a live one.
 #[inline(always)]
-fn track(cookie: u64, family: u8, netns: u32, new: u8, now: u64) -> Result<Option<SockEntry>, u32> {
+fn track(
+    sk: *const c_void,
+    cookie: u64,
+    family: u8,
+    new: u8,
+    now: u64,
+    bank: u32,
+) -> Result<Option<KernelSock>, u32> {
     let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
-    let closing = new == TCP_CLOSE;
-    if let Some(done) = update_existing(cookie, family, netns, new, now, seeding)? {
+    let closing = new as i32 == TCP_CLOSE;
+    // Always looked up, even for a socket's first event: handling an event
+    // twice must leave the counts alone (see netconn_backup).
+    if let Some(done) = update_existing(cookie, family, new, now, bank, seeding)? {
         return Ok(done);
     }
     // No entry. Inserts use NOEXIST: the agent's seed may insert this very
     // socket between our lookup and our insert (it runs on another CPU). A
     // blind overwrite would then leave the seeded state counted forever
     // (seen as a stale FIN_WAIT1 +1 after start-ups under churn); instead
-    // the seeded entry is treated as existing.
-    let inserted = if closing {
+    // the seeded entry is handled as an existing one.
+    let netns = netns_of(sk);
+    if closing {
         if !seeding {
             return Ok(None);
         }
-        let tomb = SockEntry {
-            flags: ENTRY_TOMBSTONE,
-            ..live_entry(netns, family, new, now)
+        let tomb = KernelSock {
+            family_flags: KernelSock::family_flags(family, ENTRY_TOMBSTONE),
+            ..new_entry(netns, NS_SLOT_UNKNOWN, family, new, now)
         };
-        SOCKS.insert(cookie, tomb, BPF_NOEXIST as u64).is_ok()
-    } else {
-        SOCKS
-            .insert(
-                cookie,
-                live_entry(netns, family, new, now),
-                BPF_NOEXIST as u64,
-            )
-            .is_ok()
-    };
-    if inserted {
-        if !closing {
-            count(netns, family, new, 1)?;
+        if SOCKS.insert(cookie, tomb, BPF_NOEXIST as u64).is_ok() {
+            return Ok(None);
         }
-        return Ok(None);
+    } else {
+        let ns_slot = ns_slot_of(netns)?;
+        let entry = new_entry(netns, ns_slot, family, new, now);
+        if SOCKS.insert(cookie, entry, BPF_NOEXIST as u64).is_ok() {
+            count(bank, ns_slot, None, Some(slot(family, new)))?;
+            return Ok(None);
+        }
     }
-    match update_existing(cookie, family, netns, new, now, seeding)? {
+    match update_existing(cookie, family, new, now, bank, seeding)? {
         Some(done) => Ok(done),
         None => Err(STAT_SOCKS_FULL),
     }
@@ -342,30 +406,41 @@ fn track(cookie: u64, family: u8, netns: u32, new: u8, now: u64) -> Result<Optio
 fn update_existing(
     cookie: u64,
     family: u8,
-    netns: u32,
     new: u8,
     now: u64,
+    bank: u32,
     seeding: bool,
-) -> Result<Option<Option<SockEntry>>, u32> {
-    let closing = new == TCP_CLOSE;
+) -> Result<Option<Option<KernelSock>>, u32> {
+    let closing = new as i32 == TCP_CLOSE;
     let Some(entry) = SOCKS.get_ptr_mut(cookie) else {
         return Ok(None);
     };
     // SAFETY: pointer to our own map value; this socket's transitions are
-    // serialised by its lock, so no other event writes this entry now.
+    // serialised by its lock, so nobody else writes this entry now.
     let entry = unsafe { &mut *entry };
-    if entry.flags != ENTRY_TOMBSTONE {
+    let flags = entry.flags();
+    if flags != ENTRY_TOMBSTONE {
         let before = *entry;
-        count(entry.netns, entry.family, entry.state, -1)?;
+        let ns_slot = if entry.ns_slot == NS_SLOT_UNKNOWN {
+            // Seeded by the agent, which does not know slots.
+            ns_slot_of(entry.netns)?
+        } else {
+            entry.ns_slot
+        };
+        let from = slot(entry.family(), entry.state);
         if closing {
+            count(bank, ns_slot, Some(from), None)?;
             if seeding {
-                entry.flags = ENTRY_TOMBSTONE;
+                entry.family_flags = KernelSock::family_flags(entry.family(), ENTRY_TOMBSTONE);
             } else {
                 let _ = SOCKS.remove(cookie);
             }
         } else {
-            *entry = live_entry(netns, family, new, now);
-            count(netns, family, new, 1)?;
+            count(bank, ns_slot, Some(from), Some(slot(family, new)))?;
+            entry.since_ns = now;
+            entry.ns_slot = ns_slot;
+            entry.state = new;
+            entry.family_flags = KernelSock::family_flags(family, ENTRY_LIVE);
         }
         return Ok(Some(Some(before)));
     }
@@ -375,33 +450,37 @@ fn update_existing(
         if !seeding {
             let _ = SOCKS.remove(cookie);
         }
-    } else {
-        *entry = live_entry(netns, family, new, now);
-        count(netns, family, new, 1)?;
+        return Ok(Some(None));
     }
+    let ns_slot = ns_slot_of(entry.netns)?;
+    entry.since_ns = now;
+    entry.ns_slot = ns_slot;
+    entry.state = new;
+    entry.family_flags = KernelSock::family_flags(family, ENTRY_LIVE);
+    count(bank, ns_slot, None, Some(slot(family, new)))?;
     Ok(Some(None))
 }
 
 /// Send the transition to the agent's ring buffer (only while someone
 /// watches). A full ring is counted, never silent.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn emit(
     sk: *const c_void,
     cookie: u64,
     family: u8,
-    netns: u32,
     old: u8,
     new: u8,
     now: u64,
-    previous: Option<SockEntry>,
+    previous: Option<KernelSock>,
 ) {
     let Some(mut slot) = EVENTS.reserve::<StateEvent>(0) else {
         bump(STAT_EVENTS_DROPPED);
         return;
     };
     let (in_state_ns, mut flags) = match previous {
-        Some(p) if p.flags == ENTRY_SEEDED => (now.saturating_sub(p.since_ns), EVENT_SINCE_SEEDING),
+        Some(p) if p.flags() == ENTRY_SEEDED => {
+            (now.saturating_sub(p.since_ns), EVENT_SINCE_SEEDING)
+        }
         Some(p) => (now.saturating_sub(p.since_ns), 0),
         None => (0, EVENT_FIRST_SEEN),
     };
@@ -409,7 +488,7 @@ fn emit(
         ts_ns: now,
         cookie,
         in_state_ns,
-        netns,
+        netns: netns_of(sk),
         pid: 0,
         saddr: [0; 16],
         daddr: [0; 16],
@@ -421,39 +500,26 @@ fn emit(
         flags: 0,
         comm: [0; 16],
     };
-    // SAFETY: probe reads at this kernel's BTF offsets; failures leave zeros.
+    // SAFETY: typed loads at this kernel's BTF offsets (see load()).
     unsafe {
-        let base = sk as *const u8;
-        event.sport = u16::from_be(
-            bpf_probe_read_kernel(base.add(offset(&INET_SPORT_OFFSET)) as *const u16).unwrap_or(0),
-        );
-        event.dport = u16::from_be(
-            bpf_probe_read_kernel(base.add(offset(&SK_DPORT_OFFSET)) as *const u16).unwrap_or(0),
-        );
+        // inet_sport lies past struct sock: load it through the socket
+        // typed as the tcp_sock it is (inet_sock is its prefix).
+        let tp = bpf_skc_to_tcp_sock(sk as *mut c_void) as *const c_void;
+        if !tp.is_null() {
+            event.sport = u16::from_be(load::<u16>(tp, &INET_SPORT_OFFSET));
+        }
+        event.dport = u16::from_be(load::<u16>(sk, &SK_DPORT_OFFSET));
         if family == FAMILY_INET {
-            let s: [u8; 4] =
-                bpf_probe_read_kernel(base.add(offset(&SK_RCV_SADDR_OFFSET)) as *const [u8; 4])
-                    .unwrap_or([0; 4]);
-            let d: [u8; 4] =
-                bpf_probe_read_kernel(base.add(offset(&SK_DADDR_OFFSET)) as *const [u8; 4])
-                    .unwrap_or([0; 4]);
-            event.saddr[..4].copy_from_slice(&s);
-            event.daddr[..4].copy_from_slice(&d);
+            event.saddr[..4].copy_from_slice(&load::<u32>(sk, &SK_RCV_SADDR_OFFSET).to_ne_bytes());
+            event.daddr[..4].copy_from_slice(&load::<u32>(sk, &SK_DADDR_OFFSET).to_ne_bytes());
         } else {
-            event.saddr =
-                bpf_probe_read_kernel(base.add(offset(&SK_V6_RCV_SADDR_OFFSET)) as *const [u8; 16])
-                    .unwrap_or([0; 16]);
-            event.daddr =
-                bpf_probe_read_kernel(base.add(offset(&SK_V6_DADDR_OFFSET)) as *const [u8; 16])
-                    .unwrap_or([0; 16]);
+            event.saddr = load_in6(sk, &SK_V6_RCV_SADDR_OFFSET);
+            event.daddr = load_in6(sk, &SK_V6_DADDR_OFFSET);
         }
         // The task on the CPU is the socket's owner only when the change runs
         // under the owner's socket lock (connect, listen, close, backlog
         // processing in release_sock); softirq and timer paths never own it.
-        let owned: i32 =
-            bpf_probe_read_kernel(base.add(offset(&SK_LOCK_OWNED_OFFSET)) as *const i32)
-                .unwrap_or(0);
-        if owned != 0 {
+        if load::<i32>(sk, &SK_LOCK_OWNED_OFFSET) != 0 {
             event.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             event.comm = bpf_get_current_comm().unwrap_or([0; 16]);
             flags |= EVENT_OWNER;
@@ -473,65 +539,105 @@ fn emit(
 }
 
 #[inline(always)]
-fn live_entry(netns: u32, family: u8, state: u8, now: u64) -> SockEntry {
-    SockEntry {
+fn new_entry(netns: u32, ns_slot: u16, family: u8, state: u8, now: u64) -> KernelSock {
+    KernelSock {
         since_ns: now,
         netns,
+        ns_slot,
         state,
-        family,
-        flags: ENTRY_LIVE,
-        _pad: 0,
+        family_flags: KernelSock::family_flags(family, ENTRY_LIVE),
     }
 }
 
-/// Family index and namespace inode of `sk`, taken at every event because
-/// IPV6_ADDRFORM can change a socket's family without an event.
+/// Namespace inode of `sk` (sk->__sk_common.skc_net.net->ns.inum).
 #[inline(always)]
-fn read_family_netns(sk: *const c_void) -> Result<(u8, u32), u32> {
-    // SAFETY: reads through bpf_probe_read_kernel, which tolerates bad
-    // addresses; the offsets come from this kernel's BTF.
+fn netns_of(sk: *const c_void) -> u32 {
+    // SAFETY: typed loads at this kernel's BTF offsets; skc_net is never
+    // NULL for a socket that fires this tracepoint.
     unsafe {
-        let base = sk as *const u8;
-        let af: u16 = bpf_probe_read_kernel(base.add(offset(&SK_FAMILY_OFFSET)) as *const u16)
-            .map_err(|_| STAT_READ_FAILED)?;
-        let family = match af {
-            AF_INET => FAMILY_INET,
-            AF_INET6 => FAMILY_INET6,
-            _ => return Err(STAT_READ_FAILED),
-        };
-        let net: *const u8 =
-            bpf_probe_read_kernel(base.add(offset(&SK_NET_OFFSET)) as *const *const u8)
-                .map_err(|_| STAT_READ_FAILED)?;
-        let inum: u32 = bpf_probe_read_kernel(net.add(offset(&NET_INUM_OFFSET)) as *const u32)
-            .map_err(|_| STAT_READ_FAILED)?;
-        Ok((family, inum))
+        let net = load::<*const c_void>(sk, &SK_NET_OFFSET);
+        load::<u32>(net, &NET_INUM_OFFSET)
     }
 }
 
+/// The COUNTS slot of namespace `netns`, taking a free one the first time.
+/// Open addressing in NS_SLOTS; an insert with BPF_NOEXIST is atomic, so
+/// two CPUs never take one slot. Runs once per new socket, not per event.
 #[inline(always)]
-fn offset(global: &'static u64) -> usize {
-    // SAFETY: read_volatile keeps the compiler from folding the placeholder 0;
-    // the loader has written the real value into .rodata.
-    unsafe { core::ptr::read_volatile(global) as usize }
-}
-
-#[inline(always)]
-fn count(netns: u32, family: u8, state: u8, delta: i64) -> Result<(), u32> {
-    let counters = match COUNTS.get_ptr_mut(netns) {
-        Some(p) => p,
-        None => {
-            // First socket of this namespace on this CPU's view: create the
-            // entry (per-CPU values all zero), then take our CPU's copy.
-            let _ = COUNTS.insert(netns, NsCounts::ZERO, BPF_NOEXIST as u64);
-            COUNTS.get_ptr_mut(netns).ok_or(STAT_COUNTS_FULL)?
+fn ns_slot_of(netns: u32) -> Result<u16, u32> {
+    for i in 0..NS_SLOT_PROBES {
+        let candidate = ns_slot_probe(netns, i);
+        for _ in 0..2 {
+            if let Some(owner) = NS_SLOTS.get_ptr(candidate) {
+                // SAFETY: our own map value.
+                if unsafe { *owner } == netns {
+                    return Ok(candidate as u16);
+                }
+                break; // another namespace's: probe on
+            }
+            // Free: take it, unless another CPU took it meanwhile (then
+            // look again: it may have taken it for this namespace).
+            if NS_SLOTS
+                .insert(candidate, netns, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                return Ok(candidate as u16);
+            }
         }
-    };
-    // SAFETY: this CPU's copy of our map value. The add is atomic because
-    // the backup program can run nested inside the primary on this CPU (see
-    // netconn_backup) and a plain read-modify-write would lose its update.
+    }
+    Err(STAT_COUNTS_FULL)
+}
+
+/// A field of a kernel struct: `base` is a BTF-typed kernel pointer and
+/// `offset` a .rodata global the loader filled in.
+///
+/// # Safety
+/// `offset` must be that of a field of type `T` in `base`'s struct.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const c_void, offset: &'static u64) -> T {
+    // SAFETY: the caller's; read_volatile keeps the compiler from folding
+    // the placeholder 0 of the global.
     unsafe {
-        let cell = &raw mut (*counters).count[slot(family, state)];
-        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(cell, delta);
+        let at = (base as *const u8).add(read_volatile(offset) as usize);
+        read_volatile(at as *const T)
+    }
+}
+
+/// An in6_addr field, as four 32-bit loads (its members are u8/u16/u32
+/// arrays: wider loads cross them).
+///
+/// # Safety
+/// As for [`load`], for a `struct in6_addr` field.
+#[inline(always)]
+unsafe fn load_in6(sk: *const c_void, offset: &'static u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // SAFETY: the caller's.
+    unsafe {
+        let at = (sk as *const u8).add(read_volatile(offset) as usize) as *const u32;
+        for i in 0..4 {
+            out[i * 4..i * 4 + 4].copy_from_slice(&read_volatile(at.add(i)).to_ne_bytes());
+        }
+    }
+    out
+}
+
+/// Add -1 at `from` and +1 at `to` in this CPU's counters of `ns_slot`
+/// in `bank` (one lookup for both).
+#[inline(always)]
+fn count(bank: u32, ns_slot: u16, from: Option<usize>, to: Option<usize>) -> Result<(), u32> {
+    let counters = COUNTS
+        .get_ptr_mut(bank * NS_SLOTS_MAX + u32::from(ns_slot))
+        .ok_or(STAT_COUNTS_FULL)?;
+    // SAFETY: this CPU's copy of our map value; indices masked. Plain adds:
+    // only this program writes this bank, and it never runs nested in itself.
+    unsafe {
+        let cells = &raw mut (*counters).count;
+        if let Some(from) = from {
+            (*cells)[from & (2 * STATE_SLOTS - 1)] -= 1;
+        }
+        if let Some(to) = to {
+            (*cells)[to & (2 * STATE_SLOTS - 1)] += 1;
+        }
     }
     Ok(())
 }
@@ -539,8 +645,9 @@ fn count(netns: u32, family: u8, state: u8, delta: i64) -> Result<(), u32> {
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(n) = STATS.get_ptr_mut(index) {
-        // SAFETY: this CPU's copy of our own map value; atomic for the same
-        // reason as in `count`.
+        // SAFETY: this CPU's copy of our own map value; atomic because both
+        // programs write here and one can run nested in the other (rare
+        // events only: one bank is enough).
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
     }
 }

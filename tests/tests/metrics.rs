@@ -533,3 +533,55 @@ fn dashboard_uses_the_datasource_variable_and_known_metrics() -> Result<()> {
     }
     Ok(())
 }
+
+/// `netconn_transitions_total` counts what the kernel program saw: a
+/// connection made and closed on loopback in the agent's namespace moves
+/// the counters of its transitions by at least one each.
+#[test]
+fn transitions_total_counts_the_kernel_transitions() -> Result<()> {
+    require_root()?;
+    let ns = Netns::create("nc-metrics-tr")?;
+    let agent = Agent::start_in(Some(&ns), &["--metrics", AGENT_ADDR])?;
+    let a = addr(AGENT_ADDR);
+    let cell = |body: &str, from: &str, to: &str| -> u64 {
+        let want =
+            format!(r#"netconn_transitions_total{{family="tcp4",from="{from}",to="{to}"}} "#);
+        body.lines()
+            .find_map(|l| l.strip_prefix(want.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let before = ns.run(move || http::get(a, "/metrics").map(|r| r.body))??;
+    ns.run(|| -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        drop(client);
+        drop(server);
+        Ok(())
+    })??;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = ns.run(move || http::get(a, "/metrics").map(|r| r.body))??;
+        let moved: Vec<(&str, &str)> = [
+            ("close", "syn_sent"),
+            ("syn_sent", "established"),
+            ("syn_recv", "established"),
+            ("established", "fin_wait1"),
+            ("established", "close_wait"),
+        ]
+        .into_iter()
+        .filter(|(from, to)| cell(&after, from, to) <= cell(&before, from, to))
+        .collect();
+        if moved.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "transitions not counted: {moved:?}\n{after}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop()?;
+    Ok(())
+}

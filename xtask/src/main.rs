@@ -10,6 +10,7 @@ use std::{
 };
 
 mod bench;
+mod bench_load;
 mod bench_metrics;
 mod bench_netns;
 mod bench_stream;
@@ -59,11 +60,20 @@ enum Task {
         /// Seconds of churn per phase of the stream benchmark.
         #[arg(long, default_value_t = 3)]
         stream_seconds: u64,
+        /// Interleaved rounds of each mode in the load benchmark.
+        #[arg(long, default_value_t = 7)]
+        load_rounds: usize,
+        /// Seconds of wrk per round of the load benchmark.
+        #[arg(long, default_value_t = 5)]
+        load_seconds: u64,
+        /// wrk connections in the load benchmark.
+        #[arg(long, default_value_t = 32)]
+        load_connections: u32,
         /// Scrapes the metrics benchmark times.
         #[arg(long, default_value_t = 200)]
         scrapes: usize,
-        /// Which part to run.
-        #[arg(long, value_parser = ["all", "check", "stream", "diag", "netns", "metrics"], default_value = "all")]
+        /// Which part to run (`load`: nginx under wrk with and without the agent).
+        #[arg(long, value_parser = ["all", "check", "stream", "diag", "netns", "metrics", "load"], default_value = "all")]
         part: String,
         /// `--part netns` and `--part metrics`: how many small namespaces.
         #[arg(long, default_value_t = 300)]
@@ -100,12 +110,18 @@ fn main() -> ExitCode {
             runs,
             stream_seconds,
             scrapes,
+            load_rounds,
+            load_seconds,
+            load_connections,
             part,
             namespaces,
             per_namespace,
             big_sockets,
             rest_seconds,
         } => setup_if_needed().and_then(|()| {
+            if part == "load" || part == "all" {
+                bench_load::setup()?;
+            }
             let netconn = build()?;
             let popgen = workspace_root().join("target/release/popgen");
             if part == "all" || part == "check" {
@@ -146,6 +162,20 @@ fn main() -> ExitCode {
             }
             if part == "all" || part == "metrics" {
                 bench_metrics::run(&netconn, namespaces, scrapes)?;
+            }
+            if part == "all" || part == "load" {
+                // NETCONN_BIN: compare another build (e.g. a baseline) under load.
+                let netconn = std::env::var_os("NETCONN_BIN")
+                    .map(PathBuf::from)
+                    .unwrap_or(netconn);
+                bench_load::run(
+                    &netconn,
+                    &bench_load::LoadArgs {
+                        rounds: load_rounds,
+                        seconds: load_seconds,
+                        connections: load_connections,
+                    },
+                )?;
             }
             Ok(())
         }),

@@ -181,11 +181,17 @@ fn metrics_input(agent: &Agent) -> metrics::MetricsInput {
         reseeds: all.meta.reseeds,
         events_missed: tracker.events_missed(),
         watch_dropped: agent.hub.dropped_total(),
-        // HOOK(transitions): fill from the kernel's per-CPU transition
-        // counters (`Probe::transitions()`, in progress elsewhere) as
-        // (family 0/1, old, new, count). Until then the metric has no
-        // series; never invent numbers here.
-        transitions: Vec::new(),
+        // The kernel's per-CPU transition counters, over every generation.
+        transitions: tracker
+            .transitions()
+            .into_iter()
+            .map(|(family, old, new, count)| metrics::Transition {
+                family,
+                old,
+                new,
+                count,
+            })
+            .collect(),
         // Each alert names the namespace its rule fired in.
         alerts: agent
             .alerts

@@ -383,6 +383,12 @@ impl Tracker {
         // old generation's twice (and `events_missed` never goes back).
         self.missed_retired
             .fetch_add(retired.health().lost, Ordering::Relaxed);
+        {
+            let mut retired_transitions = write_lock(&self.transitions_retired);
+            for (family, old, new, n) in retired.probe.transitions() {
+                *retired_transitions.entry((family, old, new)).or_default() += n;
+            }
+        }
         self.reseeds.fetch_add(1, Ordering::Relaxed);
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;

@@ -176,6 +176,9 @@ pub struct Tracker {
     /// Events lost by generations already replaced: a re-seed starts its
     /// generation's loss count afresh, the metrics' counter must not.
     pub(super) missed_retired: AtomicU64,
+    /// TCP transitions counted by generations re-seeding replaced, so that
+    /// the total never goes back.
+    pub(super) transitions_retired: RwLock<HashMap<(u8, u8, u8), u64>>,
     /// The highest [`Tracker::events_missed`] answered, so the counter never
     /// goes back while a re-seed swaps generations.
     missed_answered: AtomicU64,
@@ -223,6 +226,7 @@ impl Tracker {
             limited: RwLock::new(None),
             reseeds: AtomicU64::new(0),
             missed_retired: AtomicU64::new(0),
+            transitions_retired: RwLock::new(HashMap::new()),
             missed_answered: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         };
@@ -535,6 +539,21 @@ impl Tracker {
         self.missed_answered
             .fetch_max(now, Ordering::Relaxed)
             .max(now)
+    }
+
+    /// TCP transitions the kernel counted over the agent's life, as (family
+    /// index, old state, new state, count), non-zero cells only.
+    pub fn transitions(&self) -> Vec<(u8, u8, u8, u64)> {
+        let mut all = read_lock(&self.transitions_retired).clone();
+        for (family, old, new, n) in self.current.get().probe.transitions() {
+            *all.entry((family, old, new)).or_default() += n;
+        }
+        let mut out: Vec<_> = all
+            .into_iter()
+            .map(|((family, old, new), n)| (family, old, new, n))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Age of the oldest refreshed part among the namespaces that have one

@@ -10,11 +10,13 @@ use std::{
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 use netconn_common::{
-    CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry,
+    BANKS, CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, KernelSock, NS_SLOT_PROBES,
+    NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry, TRANSITION_CELLS,
+    ns_slot_probe,
 };
 
 use crate::kernel::btf::{Btf, BtfError};
@@ -60,8 +62,13 @@ pub enum Insert {
 pub struct Probe {
     // Field order matters for Drop: maps before the program holding them.
     /// Behind a lock: seeding inserts from namespace threads.
-    socks: Mutex<HashMap<MapData, u64, SockEntry>>,
-    counts: PerCpuHashMap<MapData, u32, NsCounts>,
+    socks: Mutex<HashMap<MapData, u64, KernelSock>>,
+    /// Per namespace slot (see `ns_slot`).
+    counts: PerCpuArray<MapData, NsCounts>,
+    /// Slot -> namespace inode.
+    ns_slots: HashMap<MapData, u32, u32>,
+    /// The Prometheus exporter's source (`transitions`).
+    transitions: PerCpuArray<MapData, u64>,
     /// Behind a lock: switched by the agent's tasks while queries read counts.
     control: Mutex<Array<MapData, u32>>,
     errors: PerCpuArray<MapData, u64>,
@@ -90,8 +97,9 @@ impl Probe {
             return Err(ProbeError::NoTracepoint);
         }
         // (global in the eBPF object, struct, member path)
-        let offsets: [(&str, &str, &[&str]); 10] = [
+        let offsets: [(&str, &str, &[&str]); 11] = [
             ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
+            ("SK_PROTOCOL_OFFSET", "sock", &["sk_protocol"]),
             ("SK_NET_OFFSET", "sock_common", &["skc_net", "net"]),
             ("NET_INUM_OFFSET", "net", &["ns", "inum"]),
             ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
@@ -106,7 +114,7 @@ impl Probe {
             ),
             ("SK_LOCK_OWNED_OFFSET", "sock", &["sk_lock", "owned"]),
         ];
-        let mut values = [0u64; 10];
+        let mut values = [0u64; 11];
         for ((_, strukt, path), value) in offsets.iter().zip(values.iter_mut()) {
             *value = u64::from(btf.offset_of(strukt, path)?);
         }
@@ -129,7 +137,11 @@ impl Probe {
         };
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
         let counts =
-            PerCpuHashMap::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
+            PerCpuArray::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
+        let ns_slots =
+            HashMap::try_from(take(&mut ebpf, "NS_SLOTS")?).map_err(map_err("NS_SLOTS"))?;
+        let transitions = PerCpuArray::try_from(take(&mut ebpf, "TRANSITIONS")?)
+            .map_err(map_err("TRANSITIONS"))?;
         let mut control =
             Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
         let errors = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
@@ -177,6 +189,8 @@ impl Probe {
             socks: Mutex::new(socks),
             ns_changes,
             counts,
+            ns_slots,
+            transitions,
             control: Mutex::new(control),
             errors,
             events: Mutex::new(Some(events)),
@@ -216,7 +230,15 @@ impl Probe {
 
     /// Insert a dumped socket unless the kernel already has its cookie.
     pub fn seed(&self, cookie: u64, entry: &SockEntry) -> Result<Insert, ProbeError> {
-        match lock(&self.socks).insert(cookie, entry, BPF_NOEXIST) {
+        // The kernel finds the namespace's counter slot at the next event.
+        let kernel = KernelSock {
+            since_ns: entry.since_ns,
+            netns: entry.netns,
+            ns_slot: NS_SLOT_UNKNOWN,
+            state: entry.state,
+            family_flags: KernelSock::family_flags(entry.family, entry.flags),
+        };
+        match lock(&self.socks).insert(cookie, kernel, BPF_NOEXIST) {
             Ok(()) => Ok(Insert::Inserted),
             Err(e) => match os_error(&e) {
                 Some(libc::EEXIST) => Ok(Insert::Exists),
@@ -231,7 +253,15 @@ impl Probe {
         lock(&self.socks)
             .get(&cookie, 0)
             .ok()
-            .filter(|e| e.flags != ENTRY_TOMBSTONE)
+            .filter(|e| e.flags() != ENTRY_TOMBSTONE)
+            .map(|e| SockEntry {
+                since_ns: e.since_ns,
+                netns: e.netns,
+                state: e.state,
+                family: e.family(),
+                flags: e.flags(),
+                _pad: 0,
+            })
     }
 
     /// Drop the tombstones left by closes during seeding. Returns how many.
@@ -240,7 +270,7 @@ impl Probe {
         let tombstones: Vec<u64> = socks
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, entry)| entry.flags == ENTRY_TOMBSTONE)
+            .filter(|(_, entry)| entry.flags() == ENTRY_TOMBSTONE)
             .map(|(cookie, _)| cookie)
             .collect();
         for cookie in &tombstones {
@@ -254,18 +284,36 @@ impl Probe {
     /// `NsCounts`); zeros if the namespace has no counters yet.
     pub fn tcp_deltas(&self, netns: u32) -> Result<[i64; 2 * STATE_SLOTS], ProbeError> {
         let mut sum = [0i64; 2 * STATE_SLOTS];
-        match self.counts.get(&netns, 0) {
-            Ok(per_cpu) => {
-                for cpu in per_cpu.iter() {
-                    for (s, c) in sum.iter_mut().zip(cpu.count.iter()) {
-                        *s += c;
-                    }
+        let Some(slot) = self.ns_slot(netns)? else {
+            return Ok(sum);
+        };
+        for bank in 0..BANKS {
+            let per_cpu = self
+                .counts
+                .get(&(bank * NS_SLOTS_MAX + slot), 0)
+                .map_err(|e| ProbeError::Map("COUNTS", e.to_string()))?;
+            for cpu in per_cpu.iter() {
+                for (s, c) in sum.iter_mut().zip(cpu.count.iter()) {
+                    *s += c;
                 }
-                Ok(sum)
             }
-            Err(MapError::KeyNotFound) => Ok(sum),
-            Err(e) => Err(ProbeError::Map("COUNTS", e.to_string())),
         }
+        Ok(sum)
+    }
+
+    /// The kernel's counter slot of namespace `netns`, if it has one: the
+    /// same probe sequence the eBPF program uses (usually one lookup).
+    fn ns_slot(&self, netns: u32) -> Result<Option<u32>, ProbeError> {
+        for i in 0..NS_SLOT_PROBES {
+            let candidate = ns_slot_probe(netns, i);
+            match self.ns_slots.get(&candidate, 0) {
+                Ok(owner) if owner == netns => return Ok(Some(candidate)),
+                Ok(_) => continue,
+                Err(MapError::KeyNotFound) => return Ok(None),
+                Err(e) => return Err(ProbeError::Map("NS_SLOTS", e.to_string())),
+            }
+        }
+        Ok(None)
     }
 
     /// How many changes the kernel noted for the namespace with this cookie
@@ -283,21 +331,52 @@ impl Probe {
     /// Namespaces (inodes) the kernel side has counters for: every namespace
     /// a TCP event came from since the program was loaded.
     pub fn namespaces(&self) -> Vec<u32> {
-        self.counts.keys().filter_map(Result::ok).collect()
+        // NS_SLOTS maps a counter slot to the namespace that took it.
+        self.ns_slots
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, netns)| netns)
+            .collect()
     }
 
     /// Sockets the kernel side counts in all namespaces (live entries).
     pub fn tracked_total(&self) -> i64 {
-        self.counts
-            .iter()
+        self.ns_slots
+            .keys()
             .filter_map(Result::ok)
-            .flat_map(|(_, per_cpu)| {
+            .flat_map(|slot| (0..BANKS).map(move |bank| bank * NS_SLOTS_MAX + slot))
+            .filter_map(|index| self.counts.get(&index, 0).ok())
+            .map(|per_cpu| {
                 per_cpu
                     .iter()
                     .map(|c| c.count.iter().sum::<i64>())
-                    .collect::<Vec<_>>()
+                    .sum::<i64>()
             })
             .sum()
+    }
+
+    /// For `netconn_transitions_total{family,from,to}`.
+    /// Counted TCP transitions since load, summed over CPUs, as (family
+    /// (FAMILY_*), old state, new state, count); non-zero cells only.
+    pub fn transitions(&self) -> Vec<(u8 /*family*/, u8 /*old*/, u8 /*new*/, u64)> {
+        (0..TRANSITION_CELLS)
+            .filter_map(|cell| {
+                let n: u64 = (0..BANKS)
+                    .filter_map(|bank| {
+                        self.transitions
+                            .get(&(bank * TRANSITION_CELLS + cell), 0)
+                            .ok()
+                    })
+                    .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                    .sum();
+                (n > 0).then_some((
+                    (cell >> 8) as u8,
+                    (cell >> 4 & 15) as u8,
+                    (cell & 15) as u8,
+                    n,
+                ))
+            })
+            .collect()
     }
 
     /// Error counters (ERROR_* indices), summed over CPUs.
@@ -457,8 +536,12 @@ fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// Turn an aya error into the one line a user needs.
 fn classify(e: &(dyn std::error::Error + 'static)) -> ProbeError {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     match os_error(e) {
-        Some(libc::EPERM) | Some(libc::EACCES) => ProbeError::Permission,
+        // For root, EACCES is the verifier rejecting a program: show its log.
+        Some(libc::EPERM) => ProbeError::Permission,
+        Some(libc::EACCES) if !root => ProbeError::Permission,
         _ => {
             let mut msg = e.to_string();
             let mut cur = e.source();
