@@ -16,7 +16,6 @@ use netconn_common::{
     STAT_READ_FAILED, STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
 };
 
-use super::tracker::{Config, TrackerError, millis};
 use crate::{
     kernel::{
         self,
@@ -26,6 +25,36 @@ use crate::{
     },
     proto::SeedReport,
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("sock_diag dump failed: {0}")]
+    Diag(#[from] diag::DiagError),
+    #[error("cannot read own network namespace: {0}")]
+    Netns(std::io::Error),
+    #[error(transparent)]
+    Namespace(#[from] netns::NetnsError),
+}
+
+/// What a generation is built with.
+pub struct Config {
+    pub max_sockets: u32,
+    pub refresh: std::time::Duration,
+    /// Size of the kernel's transition ring buffer (a power of two).
+    pub ring_bytes: u32,
+}
+
+/// Something whose kernel stream can be switched: a generation (a fake one
+/// in tests).
+pub(super) trait StreamSwitch {
+    fn switch_stream(&self, on: bool) -> Result<(), ProbeError>;
+}
+
+pub(super) fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
 
 pub(super) struct Generation {
     pub probe: Probe,
@@ -225,7 +254,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl super::tracker::StreamSwitch for Generation {
+impl StreamSwitch for Generation {
     fn switch_stream(&self, on: bool) -> Result<(), ProbeError> {
         self.probe.set_streaming(on)
     }

@@ -15,10 +15,10 @@ use netconn_common::{
 };
 
 use super::{
-    generation::Generation,
+    generation::{Generation, millis},
     naming,
     tracker::{
-        Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, millis, read_lock,
+        Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, read_lock,
         sockstat_of, write_lock,
     },
 };

@@ -27,12 +27,13 @@ use netconn_common::{
     Counts, FAMILY_INET, FAMILY_INET6, Family, STAT_EVENTS_DROPPED, STATE_SLOTS, State, slot,
 };
 
-use super::generation::{Generation, SeedTarget};
+pub use super::generation::{Config, TrackerError};
+use super::generation::{Generation, SeedTarget, StreamSwitch, millis};
+#[cfg(test)]
+use crate::kernel::probe::ProbeError;
 use crate::{
     kernel::{
-        self, diag,
-        netns::{self, NetnsError},
-        probe::ProbeError,
+        self, netns,
         sockstat::{self, SockStat},
     },
     proto::{Container, Meta, NamespaceCounts, NamespacesReply, NetnsSelector, StatsReply},
@@ -40,25 +41,6 @@ use crate::{
 
 /// The refreshed part must never be older than this when a query arrives.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    #[error("sock_diag dump failed: {0}")]
-    Diag(#[from] diag::DiagError),
-    #[error("cannot read own network namespace: {0}")]
-    Netns(std::io::Error),
-    #[error(transparent)]
-    Namespace(#[from] NetnsError),
-}
-
-pub struct Config {
-    pub max_sockets: u32,
-    pub refresh: Duration,
-    /// Size of the kernel's transition ring buffer (a power of two).
-    pub ring_bytes: u32,
-}
 
 /// The refreshed part of one namespace's answer.
 #[derive(Clone, Debug)]
@@ -115,12 +97,6 @@ impl Namespace {
             path: self.path.as_deref(),
         }
     }
-}
-
-/// Something whose kernel stream can be switched: a generation (a fake one
-/// in tests).
-pub(super) trait StreamSwitch {
-    fn switch_stream(&self, on: bool) -> Result<(), ProbeError>;
 }
 
 /// The generation answering now and whether someone watches, under one
@@ -649,10 +625,6 @@ pub(super) fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T
 
 pub(super) fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(super) fn millis(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
 }
 
 #[cfg(test)]
