@@ -44,9 +44,16 @@ const RESEED_BACKOFF: Duration = Duration::from_secs(10);
 /// event announced (UDP-only ones) and for namespaces that are gone.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// A namespace to refresh: inode, the way in, a pid inside, its cookie.
+type Target = (u32, Option<std::path::PathBuf>, Option<u32>, Option<u64>);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What the maintenance loop remembers about one namespace between passes.
 #[derive(Default)]
-struct Watch {
+pub(super) struct Watch {
     /// The kernel's counters when the refreshed part was last dumped.
     dumped_at: Option<SockStat>,
     /// The last dump found request socks or orphan FIN_WAIT2 timewait
@@ -150,8 +157,35 @@ impl Tracker {
         generation.begin_seeding()?;
         let mut added = Vec::new();
         let mut denied = None;
-        for ns in fresh {
-            match generation.seed(&ns.seed_target()) {
+        // Namespaces are seeded on two threads at once: each dump walks the
+        // kernel's whole socket table, so hundreds of namespaces take
+        // seconds on one thread.
+        let seeded: Vec<(Namespace, Result<crate::proto::SeedReport, TrackerError>)> =
+            std::thread::scope(|scope| {
+                let mut halves = vec![Vec::new(), Vec::new()];
+                for (i, ns) in fresh.into_iter().enumerate() {
+                    halves[i % 2].push(ns);
+                }
+                let workers: Vec<_> = halves
+                    .into_iter()
+                    .map(|half| {
+                        scope.spawn(move || {
+                            half.into_iter()
+                                .map(|ns| {
+                                    let report = generation.seed(&ns.seed_target());
+                                    (ns, report)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_default())
+                    .collect()
+            });
+        for (ns, report) in seeded {
+            match report {
                 Ok(report) => {
                     log::info!(
                         "namespace {} ({}): seeded {} full TCP sockets ({} inserted) in {:.1} ms",
@@ -190,8 +224,34 @@ impl Tracker {
 
     /// Refresh every namespace once (start-up).
     pub(super) fn refresh_all(&self) {
-        let mut watches = HashMap::new();
-        self.refresh_pass(&mut watches);
+        let targets = self.targets();
+        let (a, b) = targets.split_at(targets.len() / 2);
+        // Two threads, as for seeding; the maintenance loop starts from
+        // what they found rather than dumping every namespace again.
+        let found: Vec<HashMap<u32, Watch>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = [a, b]
+                .into_iter()
+                .map(|half| {
+                    scope.spawn(move || {
+                        let mut watches = HashMap::new();
+                        self.refresh_targets(half, &mut watches);
+                        watches
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        *lock(&self.first_watches) = Some(found.into_iter().flatten().collect());
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        read_lock(&self.namespaces)
+            .values()
+            .map(|n| (n.inode, n.path.clone(), n.pid, n.cookie))
+            .collect()
     }
 
     /// One pass: for each namespace, read the kernel's O(1) counters and
@@ -199,17 +259,21 @@ impl Tracker {
     /// changed; otherwise the part stands confirmed as of now.
     /// Returns the first namespace found drifting, and why.
     fn refresh_pass(&self, watches: &mut HashMap<u32, Watch>) -> Option<(u32, String)> {
-        let generation = self.current.get();
-        type Target = (u32, Option<std::path::PathBuf>, Option<u32>, Option<u64>);
-        let targets: Vec<Target> = read_lock(&self.namespaces)
-            .values()
-            .map(|n| (n.inode, n.path.clone(), n.pid, n.cookie))
-            .collect();
+        let targets = self.targets();
         watches.retain(|inode, _| targets.iter().any(|t| t.0 == *inode));
+        self.refresh_targets(&targets, watches)
+    }
+
+    fn refresh_targets(
+        &self,
+        targets: &[Target],
+        watches: &mut HashMap<u32, Watch>,
+    ) -> Option<(u32, String)> {
+        let generation = self.current.get();
         let mut drifted = None;
         let pass_started = Instant::now();
         let mut dumps = 0;
-        for (inode, path, pid, cookie) in targets {
+        for (inode, path, pid, cookie) in targets.iter().cloned() {
             let started = Instant::now();
             // The change count first: a change during the dump below shows
             // as a new count next pass.
@@ -303,7 +367,7 @@ impl Tracker {
     /// The agent's maintenance loop: find namespaces, refresh, check
     /// health, re-seed when needed. Runs until [`Tracker::stop`].
     pub fn run_maintenance(&self) {
-        let mut watches: HashMap<u32, Watch> = HashMap::new();
+        let mut watches: HashMap<u32, Watch> = lock(&self.first_watches).take().unwrap_or_default();
         let mut last_reseed: Option<Instant> = None;
         let mut last_scan = Instant::now();
         let mut known_kernel: BTreeMap<u32, ()> = BTreeMap::new();

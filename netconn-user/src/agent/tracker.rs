@@ -152,6 +152,9 @@ pub struct Tracker {
     /// Events lost by generations already replaced: a re-seed starts its
     /// generation's loss count afresh, the metrics' counter must not.
     pub(super) missed_retired: AtomicU64,
+    /// What the start-up refresh found, for the maintenance loop's first
+    /// pass (so it does not dump every namespace again).
+    pub(super) first_watches: std::sync::Mutex<Option<HashMap<u32, super::refresh::Watch>>>,
     /// TCP transitions counted by generations re-seeding replaced, so that
     /// the total never goes back.
     pub(super) transitions_retired: RwLock<HashMap<(u8, u8, u8), u64>>,
@@ -202,6 +205,7 @@ impl Tracker {
             limited: RwLock::new(None),
             reseeds: AtomicU64::new(0),
             missed_retired: AtomicU64::new(0),
+            first_watches: std::sync::Mutex::new(None),
             transitions_retired: RwLock::new(HashMap::new()),
             missed_answered: AtomicU64::new(0),
             stop: AtomicBool::new(false),

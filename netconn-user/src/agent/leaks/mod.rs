@@ -118,24 +118,26 @@ impl Detector {
         self.rules.iter().map(|t| &t.rule)
     }
 
-    /// The (family, state) pairs whose sockets the next tick needs: always
-    /// for age and growth rules (their states are usually small, like
-    /// CLOSE_WAIT), and for a count rule only while its count is above the
-    /// threshold, when the alert needs offenders. So a TIME_WAIT count rule
-    /// costs no dump of the TIME_WAIT sockets until it matters.
+    /// The (family, state) pairs whose sockets the next tick needs: for age
+    /// and growth rules whenever their state holds any socket (ages and
+    /// offenders come from the sockets), and for a count rule only while
+    /// its count is above the threshold, when the alert needs offenders. A
+    /// state with no sockets costs no dump: a dump walks every socket of the
+    /// namespace, which at rest in a big one was most of the agent's CPU.
     pub fn states_needing_sockets(&self, counts: &Counts) -> Vec<(Family, State)> {
         let mut out: Vec<(Family, State)> = self
             .rules()
-            .filter(|r| match r.condition {
-                Condition::Count { above, .. } => {
-                    r.family
-                        .families
-                        .iter()
-                        .map(|&f| counts.get(f, r.state))
-                        .sum::<u64>()
-                        > above
+            .filter(|r| {
+                let n: u64 = r
+                    .family
+                    .families
+                    .iter()
+                    .map(|&f| counts.get(f, r.state))
+                    .sum();
+                match r.condition {
+                    Condition::Count { above, .. } => n > above,
+                    Condition::Growth { .. } | Condition::Age { .. } => n > 0,
                 }
-                Condition::Growth { .. } | Condition::Age { .. } => true,
             })
             .flat_map(|r| r.family.families.iter().map(move |&f| (f, r.state)))
             .collect();

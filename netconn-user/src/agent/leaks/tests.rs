@@ -403,9 +403,12 @@ fn refresh_reports_only_changed_offenders() {
 }
 
 #[test]
-fn sockets_are_dumped_for_age_and_growth_always_and_count_only_above_threshold() {
+fn sockets_are_dumped_for_age_and_growth_when_any_and_count_only_above_threshold() {
     let d = Detector::new(default_rules());
     let mut counts = Counts::default();
+    // Nothing in CLOSE_WAIT: nothing to age or name, no dump.
+    assert!(d.states_needing_sockets(&counts).is_empty());
+    counts.set(Family::Tcp6, State::CloseWait, 1);
     assert_eq!(
         d.states_needing_sockets(&counts),
         [
