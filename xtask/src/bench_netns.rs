@@ -160,6 +160,7 @@ fn many_namespaces(popgen: &Path, args: &NetnsBenchArgs) -> Result<Report> {
         namespaces: listed,
         sockets,
         exact,
+        exact_s: Some(exact_s),
         seed_s,
         ss_s,
         rest_cpu_pct,
