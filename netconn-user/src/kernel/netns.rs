@@ -101,20 +101,26 @@ pub fn scan() -> Vec<Found> {
             }
         }
     }
+    // Namespace files all live on the kernel's one nsfs: a bind mount under
+    // /run/netns shows its device; a leftover plain file there does not.
+    let nsfs_dev = fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
     if let Ok(entries) = fs::read_dir(IP_NETNS_DIR) {
         for entry in entries.flatten() {
             let path = entry.path();
-            let (Some(name), Ok(inode)) = (
-                entry.file_name().to_str().map(str::to_owned),
-                inode_of(&path),
-            ) else {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            // A plain file there that is not a mount has the tmpfs's inode
-            // numbers, far below the namespace range; skip it.
-            if !is_netns_file(&path) {
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            let is_netns = match nsfs_dev {
+                Some(dev) => meta.dev() == dev,
+                None => is_netns_file(&path),
+            };
+            if !is_netns {
                 continue;
             }
+            let inode = meta.ino() as u32;
             let slot = found.entry(inode).or_insert_with(|| Found {
                 inode,
                 pid: None,
