@@ -19,7 +19,7 @@ use super::{
     naming,
     tracker::{
         Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, read_lock,
-        sockstat_of, write_lock,
+        sockstat_of, sockstats_of, write_lock,
     },
 };
 use crate::kernel::{
@@ -272,13 +272,20 @@ impl Tracker {
         let generation = self.current.get();
         let mut drifted = None;
         let pass_started = Instant::now();
+        // Every namespace's kernel counters first, in one go (one thread
+        // enters the namespaces without a process, in turn).
+        let mut pre = sockstats_of(
+            targets
+                .iter()
+                .map(|(inode, path, pid, _)| (*inode, path.as_deref(), *pid)),
+        );
         let mut dumps = 0;
         for (inode, path, pid, cookie) in targets.iter().cloned() {
             let started = Instant::now();
             // The change count first: a change during the dump below shows
             // as a new count next pass.
             let changes = cookie.and_then(|c| generation.probe.ns_changes(c));
-            let stat = sockstat_of(inode, pid, path.as_deref());
+            let stat = pre.remove(&inode);
             // Our full-socket counts read right after the kernel's, for the
             // comparisons below (drift, and the IPV6_ADDRFORM verdict that
             // metrics scrapes use), as `stats` compares them: read after the

@@ -308,7 +308,7 @@ impl Tracker {
         let Some(ns) = namespaces.get(&inode) else {
             return Err(format!("network namespace {inode} is not tracked"));
         };
-        let (counts, mut inexact) = self.namespace_counts(&generation, ns, FamilyCheck::Now);
+        let (counts, mut inexact) = self.namespace_counts(&generation, ns, FamilyCheck::Now, None);
         let mut reasons = health.reasons.clone();
         reasons.append(&mut inexact);
         let (refreshed_age, refresh_took) = ns
@@ -348,10 +348,15 @@ impl Tracker {
         let generation = self.current.get();
         let health = generation.health();
         let namespaces = read_lock(&self.namespaces);
+        let mut before = match check {
+            FamilyCheck::Now => sockstats(namespaces.values()),
+            FamilyCheck::LastPass => HashMap::new(),
+        };
         let mut out: Vec<NamespaceCounts> = namespaces
             .values()
             .map(|ns| {
-                let (counts, mut inexact) = self.namespace_counts(&generation, ns, check);
+                let pre = before.remove(&ns.inode);
+                let (counts, mut inexact) = self.namespace_counts(&generation, ns, check, pre);
                 let mut reasons = health.reasons.clone();
                 reasons.append(&mut inexact);
                 NamespaceCounts {
@@ -395,6 +400,9 @@ impl Tracker {
         generation: &Generation,
         ns: &Namespace,
         check: FamilyCheck,
+        // The kernel's counters of this namespace read just now, if the
+        // caller read them for many namespaces at once.
+        pre: Option<SockStat>,
     ) -> (Counts, Vec<String>) {
         let mut inexact = Vec::new();
         // Our full-socket counts between two readings of the kernel's own
@@ -402,7 +410,7 @@ impl Tracker {
         // gone wrong (IPV6_ADDRFORM moving a socket with no event, or any
         // counting bug), reported at once; see `disagreement`.
         let before = match check {
-            FamilyCheck::Now => ns.sockstat(),
+            FamilyCheck::Now => pre.or_else(|| ns.sockstat()),
             FamilyCheck::LastPass => None,
         };
         let mut counts = self.tracked(generation, ns.inode, &mut inexact);
@@ -559,6 +567,48 @@ impl Tracker {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The kernel's O(1) counters of many namespaces: through a process inside
+/// where there is one, and the rest on one thread that enters each in turn.
+fn sockstats<'a>(namespaces: impl Iterator<Item = &'a Namespace>) -> HashMap<u32, SockStat> {
+    sockstats_of(namespaces.map(|ns| (ns.inode, ns.path.as_deref(), ns.pid)))
+}
+
+/// [`sockstats`] by (inode, the way in, a pid inside).
+pub(super) fn sockstats_of<'a>(
+    namespaces: impl Iterator<Item = (u32, Option<&'a Path>, Option<u32>)>,
+) -> HashMap<u32, SockStat> {
+    let mut out = HashMap::new();
+    let mut entered: Vec<(u32, &Path)> = Vec::new();
+    for (inode, path, pid) in namespaces {
+        match path {
+            None => {
+                if let Ok(stat) = sockstat::read() {
+                    out.insert(inode, stat);
+                }
+            }
+            Some(path) => {
+                let by_pid = pid
+                    .filter(|pid| netns::inode_of_pid(*pid) == Some(inode))
+                    .and_then(|pid| sockstat::read_pid(pid).ok());
+                match by_pid {
+                    Some(stat) => {
+                        out.insert(inode, stat);
+                    }
+                    None => entered.push((inode, path)),
+                }
+            }
+        }
+    }
+    let paths: Vec<&Path> = entered.iter().map(|(_, p)| *p).collect();
+    let read = netns::run_in_each(&paths, || sockstat::read().ok());
+    for ((inode, _), stat) in entered.iter().zip(read) {
+        if let Some(stat) = stat.flatten() {
+            out.insert(*inode, stat);
+        }
+    }
+    out
 }
 
 /// The kernel's O(1) counters of a namespace: ours directly, another through

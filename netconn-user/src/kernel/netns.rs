@@ -179,6 +179,28 @@ pub fn own_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Run `f` inside each namespace of `paths` in turn, on one thread that
+/// moves from one to the next (one thread for all, not one each: spawning
+/// a thread costs more than the reading); None where it cannot enter.
+pub fn run_in_each<T: Send>(paths: &[&Path], f: impl Fn() -> T + Sync) -> Vec<Option<T>> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                paths
+                    .iter()
+                    .map(|path| {
+                        let file = fs::File::open(path).ok()?;
+                        // SAFETY: setns on a descriptor we own; this thread only.
+                        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                        (rc == 0).then(&f)
+                    })
+                    .collect()
+            })
+            .join()
+            .unwrap_or_else(|_| paths.iter().map(|_| None).collect())
+    })
+}
+
 /// Run `f` on a fresh thread inside the namespace at `path` (the thread's
 /// sockets, sock_diag dumps and /proc/thread-self/net files are that
 /// namespace's). The calling thread is untouched.
