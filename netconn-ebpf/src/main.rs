@@ -35,13 +35,12 @@ use netconn_common::{
     ENTRY_TOMBSTONE, EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6,
     KernelSock, NS_SLOT_PROBES, NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_BACKUP_HANDLED,
     STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL,
-    STATE_SLOTS, StateEvent, TRANSITION_CELLS, ns_slot_probe, slot, transition_cell,
+    STATE_SLOTS, StateEvent, TRANSITION_CELLS, model, ns_slot_probe, slot, transition_cell,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-const TCP_CLOSE: i32 = 7;
 
 /// Byte offsets inside kernel structs, read from the running kernel's BTF by
 /// the agent and written here before load (Rust eBPF has no CO-RE field
@@ -363,7 +362,7 @@ fn track(
     bank: u32,
 ) -> Result<Option<KernelSock>, u32> {
     let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
-    let closing = new as i32 == TCP_CLOSE;
+    let closing = new == model::TCP_CLOSE;
     // Always looked up, even for a socket's first event: handling an event
     // twice must leave the counts alone (see netconn_backup).
     if let Some(done) = update_existing(cookie, family, new, now, bank, seeding)? {
@@ -374,11 +373,11 @@ fn track(
     // blind overwrite would then leave the seeded state counted forever
     // (seen as a stale FIN_WAIT1 +1 after start-ups under churn); instead
     // the seeded entry is handled as an existing one.
+    if closing && !seeding {
+        return Ok(None);
+    }
     let netns = netns_of(sk);
     if closing {
-        if !seeding {
-            return Ok(None);
-        }
         let tomb = KernelSock {
             family_flags: KernelSock::family_flags(family, ENTRY_TOMBSTONE),
             ..new_entry(netns, NS_SLOT_UNKNOWN, family, new, now)
@@ -411,7 +410,7 @@ fn update_existing(
     bank: u32,
     seeding: bool,
 ) -> Result<Option<Option<KernelSock>>, u32> {
-    let closing = new as i32 == TCP_CLOSE;
+    let closing = new == model::TCP_CLOSE;
     let Some(entry) = SOCKS.get_ptr_mut(cookie) else {
         return Ok(None);
     };

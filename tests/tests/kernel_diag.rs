@@ -387,7 +387,7 @@ mod testutil {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use netconn_common::{Counts, Family, State};
+    use netconn_common::{Counts, Family};
     use netconn_user::kernel::diag::{Proto, Row, dump};
 
     /// `SO_COOKIE` (asm-generic value; libc does not export it).
@@ -625,46 +625,10 @@ mod testutil {
         st.st_ino as u32
     }
 
-    /// `ss` state name to state (iproute2's `sstate_name`).
-    fn ss_state(name: &str) -> State {
-        match name {
-            "ESTAB" => State::Established,
-            "SYN-SENT" => State::SynSent,
-            "SYN-RECV" => State::SynRecv,
-            "FIN-WAIT-1" => State::FinWait1,
-            "FIN-WAIT-2" => State::FinWait2,
-            "TIME-WAIT" => State::TimeWait,
-            "UNCONN" => State::Close,
-            "CLOSE-WAIT" => State::CloseWait,
-            "LAST-ACK" => State::LastAck,
-            "LISTEN" => State::Listen,
-            "CLOSING" => State::Closing,
-            other => panic!("unknown ss state {other:?}"),
-        }
-    }
-
-    /// Counts as `ss` sees them (run from this thread, so in its netns).
+    /// Counts as `ss` sees them, run from this thread (so in its netns:
+    /// the threads and processes it starts inherit it).
     pub fn ss_counts() -> Counts {
-        let mut counts = Counts::default();
-        for (flags, family) in [
-            ("-tanH4", Family::Tcp4),
-            ("-tanH6", Family::Tcp6),
-            ("-uanH4", Family::Udp4),
-            ("-uanH6", Family::Udp6),
-        ] {
-            let out = Command::new("ss").arg(flags).output().unwrap();
-            assert!(
-                out.status.success(),
-                "ss {flags}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(state) = line.split_whitespace().next() {
-                    counts.add(family, ss_state(state), 1);
-                }
-            }
-        }
-        counts
+        netconn_tests::ss_counts().expect("ss")
     }
 
     /// The population the ss comparison and the sockstat test share.

@@ -17,6 +17,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use netconn_tests::{Agent, FamilySel, Netns, PopOptions, PopSpec, Population};
 
+use crate::bench_load::{cpu_ticks, ticks_per_second};
+
 pub struct NetnsBenchArgs {
     pub namespaces: usize,
     pub sockets_per_namespace: u32,
@@ -233,21 +235,12 @@ fn cpu_at_rest(agent: &Agent, seconds: u64) -> Result<f64> {
     let pid = agent.pid().context("agent has no pid")?;
     // Let the first passes after seeding settle.
     std::thread::sleep(Duration::from_secs(2));
-    let before = cpu_ticks(pid)?;
+    let ticks = || cpu_ticks(pid).context("cannot read the agent's /proc/PID/stat");
+    let before = ticks()?;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let ticks = cpu_ticks(pid)? - before;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(100.0 * ticks as f64 / hz / t.elapsed().as_secs_f64())
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces), 14 and 15 overall.
-    let rest = stat.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    let spent = ticks()? - before;
+    Ok(100.0 * spent as f64 / ticks_per_second() / t.elapsed().as_secs_f64())
 }
 
 fn all_netns(agent: &Agent) -> Result<serde_json::Value> {

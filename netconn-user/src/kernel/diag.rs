@@ -360,20 +360,26 @@ fn classify(state: u8, timer: u8, attrs: u32) -> Kind {
 pub mod bench {
     use super::*;
 
+    /// One netlink message of `kind` as the kernel sends it in a dump
+    /// (NLM_F_MULTI, padded to 4 bytes).
+    pub fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        out.extend_from_slice(&1u32.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(len.next_multiple_of(4), 0);
+        out
+    }
+
     /// `rows` SOCK_DIAG_BY_FAMILY messages shaped like a full TCP socket's
     /// row, then NLMSG_DONE.
     pub fn datagram(rows: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut push = |kind: u16, payload: &[u8]| {
-            let len = NLMSG_HDRLEN + payload.len();
-            out.extend_from_slice(&(len as u32).to_ne_bytes());
-            out.extend_from_slice(&kind.to_ne_bytes());
-            out.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
-            out.extend_from_slice(&1u32.to_ne_bytes());
-            out.extend_from_slice(&0u32.to_ne_bytes());
-            out.extend_from_slice(payload);
-            out.resize(out.len().next_multiple_of(4), 0);
-        };
+        let mut push = |kind: u16, payload: &[u8]| out.extend(nlmsg(kind, payload));
         for i in 0..rows {
             let mut m = vec![AF_INET, 1, 0, 0];
             m.extend_from_slice(&(1024 + (i % 60000) as u16).to_be_bytes());
@@ -432,18 +438,7 @@ mod tests {
 
     // ---- pure parsing -----------------------------------------------------
 
-    fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let len = NLMSG_HDRLEN + payload.len();
-        let mut out = Vec::new();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
-        out.extend_from_slice(&1u32.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(payload);
-        out.resize(len.next_multiple_of(4), 0);
-        out
-    }
+    use super::bench::nlmsg;
 
     /// A `struct inet_diag_msg` for 127.0.0.1:sport -> 127.0.0.2:dport.
     fn diag_msg(af: u8, state: u8, timer: u8, cookie: u64, attrs: &[u16]) -> Vec<u8> {

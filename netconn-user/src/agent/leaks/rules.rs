@@ -30,7 +30,7 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use netconn_common::{Family, State};
+use netconn_common::{Family, State, model::GROUPS};
 
 use wildmatch::WildMatch;
 
@@ -44,22 +44,16 @@ pub struct FamilyGroup {
 }
 
 impl FamilyGroup {
-    pub const ALL: [FamilyGroup; 7] = [
-        FamilyGroup::new("tcp4", &[Family::Tcp4]),
-        FamilyGroup::new("tcp6", &[Family::Tcp6]),
-        FamilyGroup::new("udp4", &[Family::Udp4]),
-        FamilyGroup::new("udp6", &[Family::Udp6]),
-        FamilyGroup::new("tcp", &[Family::Tcp4, Family::Tcp6]),
-        FamilyGroup::new("udp", &[Family::Udp4, Family::Udp6]),
-        FamilyGroup::new("all", &Family::ALL),
-    ];
-
     const fn new(name: &'static str, families: &'static [Family]) -> FamilyGroup {
         FamilyGroup { name, families }
     }
 
+    /// One of the stats JSON's seven groups (`netconn_common::model::GROUPS`).
     pub fn by_name(name: &str) -> Option<FamilyGroup> {
-        FamilyGroup::ALL.into_iter().find(|g| g.name == name)
+        GROUPS
+            .into_iter()
+            .find(|(g, _)| *g == name)
+            .map(|(name, families)| FamilyGroup::new(name, families))
     }
 
     pub fn contains(&self, family: Family) -> bool {
