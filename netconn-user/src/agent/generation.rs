@@ -67,6 +67,10 @@ pub(super) struct Generation {
     pub seeded_at: SystemTime,
     /// What seeding did, over all namespaces.
     report: Mutex<SeedReport>,
+    /// Boot time of the attach, and of the end of each seeding, so that an
+    /// audit can place an entry's `since_ns` (debugging aid).
+    attached_ns: u64,
+    seed_ends: Mutex<Vec<u64>>,
 }
 
 /// Where a namespace is, for seeding it.
@@ -113,6 +117,8 @@ impl Generation {
             seed_base: Mutex::new(HashMap::new()),
             seeded_at: SystemTime::now(),
             report: Mutex::new(SeedReport::default()),
+            attached_ns: kernel::boot_ns(),
+            seed_ends: Mutex::new(Vec::new()),
         })
     }
 
@@ -125,6 +131,7 @@ impl Generation {
     /// Seeding done: closes remove entries again; drop the tombstones.
     pub fn end_seeding(&self) -> Result<(), TrackerError> {
         self.probe.set_seeding(false)?;
+        lock(&self.seed_ends).push(kernel::boot_ns());
         let removed = self.probe.remove_tombstones()? as u64;
         lock(&self.report).tombstones_removed += removed;
         Ok(())
@@ -192,6 +199,93 @@ impl Generation {
         Ok(report)
     }
 
+    /// Why one namespace's counts disagree with the kernel, for the log
+    /// before a re-seed: its entries against a fresh dump, cookie by cookie
+    /// (at most `limit` lines), and its counters against its entries. A
+    /// dump under churn adds noise; at a quiet moment every line is a fault.
+    pub fn audit(&self, target: &SeedTarget, limit: usize) -> Result<Vec<String>, TrackerError> {
+        let inode = target.inode;
+        let dump = || -> Result<HashMap<u64, (u8, u8, String)>, TrackerError> {
+            let mut rows = HashMap::new();
+            for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
+                diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
+                    if row.kind == Kind::Full {
+                        let what = format!("{} -> {}, inode {}", row.src, row.dst, row.inode);
+                        rows.insert(row.cookie, (family, row.state, what));
+                    }
+                })?;
+            }
+            Ok(rows)
+        };
+        let kernel = match target.path {
+            None => dump()?,
+            Some(path) => netns::run_in(path, dump)??,
+        };
+        let entries = self.probe.entries_of(inode);
+        let mut lines = Vec::new();
+        let mut by_entries = [0i64; 2 * STATE_SLOTS];
+        for (cookie, e) in &entries {
+            by_entries[slot(e.family, e.state)] += 1;
+            match kernel.get(cookie) {
+                Some((family, state, _)) if (*family, *state) == (e.family, e.state) => {}
+                Some((family, state, what)) => lines.push(format!(
+                    "cookie {cookie}: entry {} (flags {}), kernel {} ({what})",
+                    describe(e.family, e.state),
+                    e.flags,
+                    describe(*family, *state)
+                )),
+                None => lines.push(format!(
+                    "cookie {cookie}: entry {} (flags {}, since {:.1} ms ago), not in the kernel's dump",
+                    describe(e.family, e.state),
+                    e.flags,
+                    kernel::boot_ns().saturating_sub(e.since_ns) as f64 / 1e6
+                )),
+            }
+        }
+        let known: std::collections::HashSet<u64> = entries.iter().map(|(c, _)| *c).collect();
+        for (cookie, (family, state, what)) in &kernel {
+            if !known.contains(cookie) {
+                lines.push(format!(
+                    "cookie {cookie}: no entry, kernel {} ({what})",
+                    describe(*family, *state)
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            lines.push(format!(
+                "attached {:.1} ms ago; seedings ended {:?} ms ago",
+                self.attached_ns_ago(),
+                lock(&self.seed_ends)
+                    .iter()
+                    .map(|t| kernel::boot_ns().saturating_sub(*t) / 1_000_000)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let dropped = lines.len().saturating_sub(limit);
+        lines.truncate(limit);
+        if dropped > 0 {
+            lines.push(format!("... and {dropped} more"));
+        }
+        let deltas = self.probe.tcp_deltas(inode)?;
+        let base = self.seed_base(inode);
+        for (i, want) in by_entries.iter().enumerate() {
+            let counted = base[i] + deltas[i];
+            if counted != *want {
+                lines.push(format!(
+                    "slot {i} ({}): counted {counted} (seeded {} + kernel {}), entries {want}",
+                    describe((i / STATE_SLOTS) as u8, (i % STATE_SLOTS) as u8),
+                    base[i],
+                    deltas[i]
+                ));
+            }
+        }
+        Ok(lines)
+    }
+
+    fn attached_ns_ago(&self) -> f64 {
+        kernel::boot_ns().saturating_sub(self.attached_ns) as f64 / 1e6
+    }
+
     /// The seeded base of one namespace (zeros if never seeded).
     pub fn seed_base(&self, inode: u32) -> [i64; 2 * STATE_SLOTS] {
         lock(&self.seed_base)
@@ -248,6 +342,12 @@ impl Generation {
             nested_handled: stats[STAT_BACKUP_HANDLED as usize],
         }
     }
+}
+
+/// "tcp4 ESTABLISHED" for a family and a kernel TCP state.
+fn describe(family: u8, state: u8) -> String {
+    let family = if family == FAMILY_INET { "tcp4" } else { "tcp6" };
+    format!("{family} {} ({state})", netconn_common::State::from_kernel(state).name())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -411,6 +411,9 @@ impl Tracker {
                 let backoff_over = last_reseed.is_none_or(|t| t.elapsed() > RESEED_BACKOFF);
                 if room && backoff_over {
                     log::warn!("counts inexact ({reason}); re-seeding");
+                    if let Some(inode) = cause {
+                        self.log_audit(&generation, inode);
+                    }
                     last_reseed = Some(Instant::now());
                     match self.reseed(cause) {
                         Ok(()) => {
@@ -423,6 +426,30 @@ impl Tracker {
             }
             let spent = started.elapsed();
             std::thread::sleep(self.config.refresh.saturating_sub(spent));
+        }
+    }
+
+    /// Log what the current generation has wrong about one namespace, so
+    /// that a drift can be traced to its cause (see Generation::audit).
+    fn log_audit(&self, generation: &Generation, inode: u32) {
+        let path = match read_lock(&self.namespaces).get(&inode) {
+            Some(ns) => ns.path.clone(),
+            None => return,
+        };
+        let target = super::generation::SeedTarget {
+            inode,
+            path: path.as_deref(),
+        };
+        match generation.audit(&target, 20) {
+            Ok(lines) if lines.is_empty() => {
+                log::warn!("audit of namespace {inode}: entries and counters agree with a fresh dump")
+            }
+            Ok(lines) => {
+                for line in lines {
+                    log::warn!("audit of namespace {inode}: {line}");
+                }
+            }
+            Err(e) => log::warn!("audit of namespace {inode} failed: {e}"),
         }
     }
 

@@ -264,6 +264,29 @@ impl Probe {
             })
     }
 
+    /// Every live entry of namespace `netns`: (cookie, entry). A full map
+    /// walk; for audits after a disagreement, never on a query path.
+    pub fn entries_of(&self, netns: u32) -> Vec<(u64, SockEntry)> {
+        lock(&self.socks)
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.netns == netns && e.flags() != ENTRY_TOMBSTONE)
+            .map(|(cookie, e)| {
+                (
+                    cookie,
+                    SockEntry {
+                        since_ns: e.since_ns,
+                        netns: e.netns,
+                        state: e.state,
+                        family: e.family(),
+                        flags: e.flags(),
+                        _pad: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Drop the tombstones left by closes during seeding. Returns how many.
     pub fn remove_tombstones(&self) -> Result<usize, ProbeError> {
         let mut socks = lock(&self.socks);
