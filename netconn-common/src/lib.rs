@@ -60,6 +60,13 @@ impl KernelSock {
     }
 }
 
+/// Version of everything `netconn agent --pin` leaves in bpffs: the maps'
+/// names, key and value layouts, sizes and meaning, and the programs'
+/// counting rules. Bump it with any such change: an agent adopts only pins
+/// of its own version (bpffs does not check a reopened map's layout) and
+/// replaces any other. Pins live under `<pin root>/layout-<version>/`.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// `COUNTS` and `TRANSITIONS` hold two banks: one written only by the
 /// primary program, one only by the backup. The two can nest on one CPU but
 /// never write the same bank, so their per-CPU adds need no atomics (a lock

@@ -94,6 +94,13 @@ static COUNTS: PerCpuArray<NsCounts> = PerCpuArray::with_max_entries(BANKS * NS_
 #[map]
 static NS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
 
+/// Sockets the agent seeded, per namespace inode (slot layout of
+/// NsCounts): the base the kernel's COUNTS deltas add to. Never touched by
+/// the programs; kept in the kernel so that a pinned generation carries it
+/// to the next agent.
+#[map]
+static SEED_BASE: HashMap<u32, NsCounts> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
+
 /// Counted TCP transitions per (family, old, new), at transition_cell(), for
 /// `netconn_transitions_total`. 512 cells of one per-CPU array: the lookup
 /// is inlined, and summing 4 KiB per CPU is cheap for the agent.

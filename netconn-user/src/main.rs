@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use netconn_user::{
     agent,
-    cli::{Cli, Command, check, generate, stats, top, watch},
+    cli::{Cli, Command, check, generate, stats, top, unload, watch},
     logger, render_error,
 };
 
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats::run(&args),
         Command::Watch(args) => watch::run(&args),
         Command::Completions(args) => generate::completions(&args),
+        Command::Unload(args) => unload::run(&args),
         Command::GenerateMan(args) => generate::man_pages(&args),
         Command::Top(args) => top::run(&args),
         // The plugin contract: one line on stdout and its own exit codes.

@@ -281,6 +281,25 @@ pub struct Meta {
     /// them the backup program handled: equal when nothing was lost.
     pub nested_events: u64,
     pub nested_handled: u64,
+    /// Where the kernel side is pinned (`agent --pin`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<PinMeta>,
+}
+
+/// `agent --pin`: where the kernel side lives and how this agent got it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinMeta {
+    /// The pin directory (`<root>/layout-<version>`).
+    pub dir: String,
+    /// Its layout version.
+    pub layout: u32,
+    /// This agent took over a generation an earlier one pinned there (no
+    /// re-seed: the kernel side counted on while no agent ran).
+    pub adopted: bool,
+    /// Layout versions of other generations this agent replaced (an
+    /// upgrade): it attached and seeded its own, then removed them.
+    #[serde(default)]
+    pub replaced: Vec<u32>,
 }
 
 /// What seeding a generation did.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use netconn_common::{
-    ENTRY_SEEDED, FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL,
+    ENTRY_SEEDED, FAMILY_INET, FAMILY_INET6, NsCounts, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL,
     STAT_READ_FAILED, STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
 };
 
@@ -40,6 +40,10 @@ pub enum TrackerError {
 
 /// What a generation is built with.
 pub struct Config {
+    /// Keep the generation pinned under this bpffs directory (`--pin`).
+    pub pin_root: Option<std::path::PathBuf>,
+    /// The layout version pins are written and adopted as.
+    pub layout_version: u32,
     pub max_sockets: u32,
     pub refresh: std::time::Duration,
     /// Size of the kernel's transition ring buffer (a power of two).
@@ -62,8 +66,11 @@ pub(super) struct Generation {
     /// kernel's deltas are added on top. Entries outlive their namespace on
     /// purpose: a dead namespace's kernel deltas net to zero against its
     /// base (its sockets all closed, each with an event), so a new namespace
-    /// that reuses the inode inherits nothing.
+    /// that reuses the inode inherits nothing. A copy of the kernel's
+    /// SEED_BASE map, which carries it to the next agent when pinned.
     seed_base: Mutex<HashMap<u32, [i64; 2 * STATE_SLOTS]>>,
+    /// The layout version of the pinned generation this one adopted.
+    pub adopted: Option<u32>,
     pub seeded_at: SystemTime,
     /// What seeding did, over all namespaces.
     report: Mutex<SeedReport>,
@@ -115,11 +122,47 @@ impl Generation {
         Ok(Generation {
             probe,
             seed_base: Mutex::new(HashMap::new()),
+            adopted: None,
             seeded_at: SystemTime::now(),
             report: Mutex::new(SeedReport::default()),
             attached_ns: kernel::boot_ns(),
             seed_ends: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Take over the generation an earlier agent pinned at `dir`. Refused
+    /// when that agent stopped while seeding (its counts lack what it had
+    /// not seeded yet).
+    pub fn adopt(dir: &Path, layout: u32) -> Result<Generation, TrackerError> {
+        let probe = Probe::adopt(dir)?;
+        if probe.seeding()? {
+            return Err(ProbeError::Adopt(
+                dir.to_path_buf(),
+                "its agent stopped while seeding".into(),
+            )
+            .into());
+        }
+        let bases = probe
+            .seed_bases()
+            .into_iter()
+            .map(|(inode, counts)| (inode, counts.count))
+            .collect();
+        Ok(Generation {
+            probe,
+            seed_base: Mutex::new(bases),
+            adopted: Some(layout),
+            seeded_at: SystemTime::now(),
+            report: Mutex::new(SeedReport::default()),
+            attached_ns: kernel::boot_ns(),
+            seed_ends: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether a namespace was seeded into this generation (by this agent
+    /// or the one that pinned it). One that was not, and existed before
+    /// the program was attached, has sockets the kernel side never saw.
+    pub fn has_seed_base(&self, inode: u32) -> bool {
+        lock(&self.seed_base).contains_key(&inode)
     }
 
     /// Closes leave tombstones from now on, so a stale dump row cannot
@@ -183,11 +226,15 @@ impl Generation {
             Some(path) => netns::run_in(path, dump_all)??,
         };
         {
+            // Written even when nothing was inserted: an adopting agent
+            // seeds only the namespaces without a base.
             let mut bases = lock(&self.seed_base);
             let cell = bases.entry(inode).or_insert([0; 2 * STATE_SLOTS]);
             for (c, b) in cell.iter_mut().zip(base) {
                 *c += b;
             }
+            self.probe
+                .set_seed_base(inode, &NsCounts { count: *cell })?;
         }
         report.millis = millis(started.elapsed());
         let mut total = lock(&self.report);
@@ -346,8 +393,15 @@ impl Generation {
 
 /// "tcp4 ESTABLISHED" for a family and a kernel TCP state.
 fn describe(family: u8, state: u8) -> String {
-    let family = if family == FAMILY_INET { "tcp4" } else { "tcp6" };
-    format!("{family} {} ({state})", netconn_common::State::from_kernel(state).name())
+    let family = if family == FAMILY_INET {
+        "tcp4"
+    } else {
+        "tcp6"
+    };
+    format!(
+        "{family} {} ({state})",
+        netconn_common::State::from_kernel(state).name()
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -62,6 +62,17 @@ pub struct Options {
     /// 127.0.0.1:9977; off unless given.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Leave the kernel side pinned in bpffs when the agent exits (also on a
+    /// crash): it keeps counting, and the next agent adopts it without
+    /// re-seeding. `netconn unload` removes it.
+    #[arg(long)]
+    pub pin: bool,
+    /// Where `--pin` keeps the kernel side (on bpffs).
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::pin::DEFAULT_ROOT)]
+    pub pin_root: PathBuf,
+    /// The layout version pins are written and adopted as (for upgrade tests).
+    #[arg(long, hide = true, default_value_t = netconn_common::LAYOUT_VERSION)]
+    pub layout_version: u32,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -95,6 +106,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .map(metrics::MetricsServer::bind)
         .transpose()?;
     let tracker = tracker::Tracker::start(tracker::Config {
+        pin_root: options.pin.then(|| options.pin_root.clone()),
+        layout_version: options.layout_version,
         max_sockets: options.max_sockets,
         refresh: Duration::from_millis(options.refresh_ms),
         ring_bytes: options.ring_mib << 20,
@@ -144,6 +157,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     for worker in workers {
         let _ = worker.join();
     }
+    // Pinned, the kernel side outlives us: nobody reads the stream now.
+    agent.tracker.leave();
     drop(bound);
     // Last reference: detaches the program and frees the maps.
     drop(agent);

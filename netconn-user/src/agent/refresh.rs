@@ -154,8 +154,26 @@ impl Tracker {
         generation: &Generation,
         fresh: Vec<Namespace>,
     ) -> Result<Vec<u32>, TrackerError> {
-        generation.begin_seeding()?;
         let mut added = Vec::new();
+        // Seeded into this generation before (by the agent that pinned it,
+        // or under an inode a dead namespace had): the kernel side has
+        // counted every socket since. Seeding again would change nothing.
+        let (known, fresh): (Vec<Namespace>, Vec<Namespace>) = fresh
+            .into_iter()
+            .partition(|ns| generation.has_seed_base(ns.inode));
+        for ns in known {
+            log::info!(
+                "namespace {} ({}): counted since it was seeded",
+                ns.name,
+                ns.inode
+            );
+            added.push(ns.inode);
+            write_lock(&self.namespaces).insert(ns.inode, ns);
+        }
+        if fresh.is_empty() {
+            return Ok(added);
+        }
+        generation.begin_seeding()?;
         let mut denied = None;
         // Namespaces are seeded on two threads at once: each dump walks the
         // kernel's whole socket table, so hundreds of namespaces take
@@ -442,7 +460,9 @@ impl Tracker {
         };
         match generation.audit(&target, 20) {
             Ok(lines) if lines.is_empty() => {
-                log::warn!("audit of namespace {inode}: entries and counters agree with a fresh dump")
+                log::warn!(
+                    "audit of namespace {inode}: entries and counters agree with a fresh dump"
+                )
             }
             Ok(lines) => {
                 for line in lines {
@@ -488,6 +508,8 @@ impl Tracker {
             }
         }
         self.reseeds.fetch_add(1, Ordering::Relaxed);
+        // Pinned: the fresh generation replaces the retired one's pins.
+        self.pin_current()?;
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;
             if cause.is_none_or(|c| c == ns.inode) {

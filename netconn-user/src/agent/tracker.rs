@@ -29,14 +29,15 @@ use netconn_common::{
 
 pub use super::generation::{Config, TrackerError};
 use super::generation::{Generation, SeedTarget, StreamSwitch, millis};
-#[cfg(test)]
-use crate::kernel::probe::ProbeError;
+use crate::kernel::{pin, probe::ProbeError};
 use crate::{
     kernel::{
         self, netns,
         sockstat::{self, SockStat},
     },
-    proto::{Container, Meta, NamespaceCounts, NamespacesReply, NetnsSelector, StatsReply},
+    proto::{
+        Container, Meta, NamespaceCounts, NamespacesReply, NetnsSelector, PinMeta, StatsReply,
+    },
 };
 
 /// The refreshed part must never be older than this when a query arrives.
@@ -162,6 +163,8 @@ pub struct Tracker {
     /// goes back while a re-seed swaps generations.
     missed_answered: AtomicU64,
     stop: AtomicBool,
+    /// Where the kernel side is pinned (`--pin`), and what happened there.
+    pub(super) pin: RwLock<Option<PinMeta>>,
 }
 
 /// How an answer checks that no TCP socket changed family unseen.
@@ -194,7 +197,16 @@ impl Tracker {
     pub fn start(config: Config) -> Result<Tracker, TrackerError> {
         let own = kernel::own_netns().map_err(TrackerError::Netns)?;
         let host = netns::initial();
-        let generation = Generation::attach(&config)?;
+        let (generation, pin) = match &config.pin_root {
+            None => {
+                warn_if_pinned(Path::new(pin::DEFAULT_ROOT));
+                (Generation::attach(&config)?, None)
+            }
+            Some(root) => {
+                let (generation, pin) = adopt_or_attach(&config, root)?;
+                (generation, Some(pin))
+            }
+        };
         let tracker = Tracker {
             config,
             own,
@@ -209,9 +221,11 @@ impl Tracker {
             transitions_retired: RwLock::new(HashMap::new()),
             missed_answered: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            pin: RwLock::new(pin),
         };
         tracker.discover_and_seed(&tracker.current.get())?;
         tracker.refresh_all();
+        tracker.pin_current()?;
         kernel::release_freed_memory();
         Ok(tracker)
     }
@@ -460,6 +474,45 @@ impl Tracker {
             reseeds_total: self.reseeds.load(Ordering::Relaxed),
             nested_events: health.nested_events,
             nested_handled: health.nested_handled,
+            pinned: read_lock(&self.pin).clone(),
+        }
+    }
+
+    /// `--pin`: pin the current generation (unless it is the one adopted,
+    /// which is pinned already), then remove everything else under the pin
+    /// root: other layouts' generations (an upgrade: they counted beside
+    /// this one, into their own maps, until now) and leftovers of a crash.
+    pub(super) fn pin_current(&self) -> Result<(), TrackerError> {
+        let Some(root) = self.config.pin_root.as_deref() else {
+            return Ok(());
+        };
+        let dir = pin::layout_dir(root, self.config.layout_version);
+        let generation = self.current.get();
+        if generation.adopted.is_none() {
+            // A generation of this layout we did not adopt is stale.
+            pin::remove(&dir).map_err(ProbeError::from)?;
+            generation.probe.pin(&dir)?;
+            log::info!("pinned at {}", dir.display());
+        }
+        let mut replaced = Vec::new();
+        for other in pin::others(root, &dir) {
+            pin::remove(&other).map_err(ProbeError::from)?;
+            log::info!("removed {}", other.display());
+            replaced.extend(pin::version_of(&other));
+        }
+        if let Some(meta) = write_lock(&self.pin).as_mut() {
+            meta.replaced.extend(replaced);
+        }
+        Ok(())
+    }
+
+    /// The agent is exiting. Pinned, the kernel side keeps counting: stop
+    /// its stream, which nobody reads until the next agent.
+    pub fn leave(&self) {
+        if self.config.pin_root.is_some()
+            && let Err(e) = self.current.get().probe.set_streaming(false)
+        {
+            log::warn!("{e}");
         }
     }
 
@@ -623,6 +676,45 @@ pub(super) fn sockstat_of(inode: u32, pid: Option<u32>, path: Option<&Path>) -> 
         return sockstat::read_pid(pid).ok();
     }
     netns::run_in(path, sockstat::read).ok()?.ok()
+}
+
+/// `--pin`: adopt this layout's pinned generation if there is a sound one,
+/// else attach a fresh one (pinned once seeded, see [`Tracker::pin_current`]).
+fn adopt_or_attach(config: &Config, root: &Path) -> Result<(Generation, PinMeta), TrackerError> {
+    pin::ensure_root(root).map_err(ProbeError::from)?;
+    let dir = pin::layout_dir(root, config.layout_version);
+    let mut meta = PinMeta {
+        dir: dir.display().to_string(),
+        layout: config.layout_version,
+        adopted: false,
+        replaced: Vec::new(),
+    };
+    if dir.exists() {
+        match Generation::adopt(&dir, config.layout_version) {
+            Ok(generation) => {
+                log::info!(
+                    "adopted the generation pinned at {} (layout {}): no re-seed",
+                    dir.display(),
+                    config.layout_version
+                );
+                meta.adopted = true;
+                return Ok((generation, meta));
+            }
+            Err(e) => log::warn!("not adopting: {e}; attaching and seeding afresh"),
+        }
+    }
+    Ok((Generation::attach(config)?, meta))
+}
+
+/// Without `--pin`, pins left by an earlier `--pin` agent keep counting
+/// beside this one: say so once.
+fn warn_if_pinned(root: &Path) {
+    if !pin::others(root, Path::new("")).is_empty() {
+        log::warn!(
+            "a kernel side is still pinned under {} (an earlier `agent --pin`); `netconn unload` removes it",
+            root.display()
+        );
+    }
 }
 
 /// IPV6_ADDRFORM turns a connected AF_INET6 TCP socket into AF_INET with no

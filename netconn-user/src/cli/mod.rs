@@ -7,6 +7,7 @@ pub mod client;
 pub mod generate;
 pub mod stats;
 pub mod top;
+pub mod unload;
 pub mod watch;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +59,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate::CompletionsArgs),
+    /// Detach and remove the kernel side `agent --pin` left pinned.
+    Unload(unload::UnloadArgs),
     /// Write the man pages into a directory (used by packaging).
     #[command(hide = true)]
     GenerateMan(generate::GenerateManArgs),

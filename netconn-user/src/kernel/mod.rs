@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod diag;
 pub mod netns;
+pub mod pin;
 pub mod probe;
 pub mod sockstat;
 

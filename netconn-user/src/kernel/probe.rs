@@ -4,13 +4,14 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 use netconn_common::{
@@ -19,7 +20,10 @@ use netconn_common::{
     ns_slot_probe,
 };
 
-use crate::kernel::btf::{Btf, BtfError};
+use crate::kernel::{
+    btf::{Btf, BtfError},
+    pin::{self, PinError},
+};
 
 /// The compiled eBPF object, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netconn"));
@@ -30,6 +34,24 @@ const PROGRAM_NAMES: [&str; 2] = ["netconn_state", "netconn_backup"];
 const TRACEPOINT: &str = "inet_sock_set_state";
 /// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
+/// Maps the agent reads or writes, pinned and adopted by these names.
+const SHARED_MAPS: [&str; 9] = [
+    "SOCKS",
+    "COUNTS",
+    "NS_SLOTS",
+    "TRANSITIONS",
+    "CONTROL",
+    "STATS",
+    "EVENTS",
+    "SEED_BASE",
+    "NS_CHANGES",
+];
+/// The change hooks and their attach types (see netconn-ebpf's changes.rs).
+const CHANGE_HOOKS: [(&str, u32); 3] = [
+    ("netconn_sockops", pin::BPF_CGROUP_SOCK_OPS),
+    ("netconn_connect4", pin::BPF_CGROUP_INET4_CONNECT),
+    ("netconn_connect6", pin::BPF_CGROUP_INET6_CONNECT),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -47,6 +69,10 @@ pub enum ProbeError {
     Load(String),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+    #[error("pinning: {0}")]
+    Pin(#[from] PinError),
+    #[error("cannot adopt {0}: {1}")]
+    Adopt(PathBuf, String),
 }
 
 /// What a socket insert from userspace did.
@@ -60,7 +86,10 @@ pub enum Insert {
 }
 
 pub struct Probe {
-    // Field order matters for Drop: maps before the program holding them.
+    // Field order matters for Drop: links first (closing an unpinned link
+    // detaches its program), then maps, then the object.
+    /// Attachments: closing one detaches its program, unless it is pinned.
+    links: Vec<(&'static str, OwnedFd)>,
     /// Behind a lock: seeding inserts from namespace threads.
     socks: Mutex<HashMap<MapData, u64, KernelSock>>,
     /// Per namespace slot (see `ns_slot`).
@@ -74,14 +103,20 @@ pub struct Probe {
     errors: PerCpuArray<MapData, u64>,
     /// Taken by the stream reader (see [`Probe::take_events`]).
     events: Mutex<Option<RingBuf<MapData>>>,
+    /// Seeded counts per namespace inode, kept in the kernel for the next
+    /// agent (see SEED_BASE in netconn-ebpf).
+    seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
     /// Changes per namespace cookie (see netconn-ebpf's changes.rs); None
     /// when the change hooks could not be attached.
     ns_changes: Option<HashMap<MapData, u64, u64>>,
+    /// Descriptors of what [`Probe::pin`] pins, by pin name: the shared
+    /// maps and the tracepoint programs.
+    pinnable: Vec<(String, OwnedFd)>,
     prog_fd: i32,
     backup_fd: i32,
     unbacked_misses: u64,
     max_sockets: u32,
-    _ebpf: Ebpf,
+    _ebpf: Option<Ebpf>,
 }
 
 impl Probe {
@@ -130,25 +165,23 @@ impl Probe {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| classify(&e))?;
 
-        let map_err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))
-        };
-        let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?).map_err(map_err("SOCKS"))?;
-        let counts =
-            PerCpuArray::try_from(take(&mut ebpf, "COUNTS")?).map_err(map_err("COUNTS"))?;
-        let ns_slots =
-            HashMap::try_from(take(&mut ebpf, "NS_SLOTS")?).map_err(map_err("NS_SLOTS"))?;
-        let transitions = PerCpuArray::try_from(take(&mut ebpf, "TRANSITIONS")?)
-            .map_err(map_err("TRANSITIONS"))?;
-        let mut control =
-            Array::try_from(take(&mut ebpf, "CONTROL")?).map_err(map_err("CONTROL"))?;
-        let errors = PerCpuArray::try_from(take(&mut ebpf, "STATS")?).map_err(map_err("STATS"))?;
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
-        control
+        // Every shared map, with a descriptor kept for pinning.
+        let mut maps = Vec::new();
+        let mut pinnable = Vec::new();
+        for name in SHARED_MAPS {
+            let Some(map) = ebpf.take_map(name) else {
+                return Err(ProbeError::Map(name, "missing from the object".into()));
+            };
+            pinnable.push((
+                name.to_string(),
+                map_fd(&map).map_err(|e| ProbeError::Map(name, e.to_string()))?,
+            ));
+            maps.push((name, map));
+        }
+        let parts = Parts::from_maps(maps)?;
+        lock(&parts.control)
             .set(CONTROL_SEEDING, 1, 0)
-            .map_err(map_err("CONTROL"))?;
+            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
 
         // Verify both programs before attaching either, so the primary runs
         // without its backup for microseconds, not for a verifier run.
@@ -158,20 +191,25 @@ impl Probe {
             program
                 .load(TRACEPOINT, &aya_btf)
                 .map_err(|e| classify(&e))?;
-            *fd = program
+            let owned = program
                 .fd()
                 .map_err(|e| ProbeError::Load(e.to_string()))?
                 .as_fd()
-                .as_raw_fd();
+                .try_clone_to_owned()
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
+            *fd = owned.as_raw_fd();
+            pinnable.push((format!("prog_{name}"), owned));
         }
-        for name in PROGRAM_NAMES {
-            tracepoint_program(&mut ebpf, name)?
-                .attach()
-                .map_err(|e| classify(&e))?;
+        let mut links = Vec::new();
+        for (name, fd) in PROGRAM_NAMES.iter().zip(fds) {
+            // SAFETY: fd is held open by `pinnable` for the whole call.
+            let prog = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let link = pin::raw_tracepoint_open(prog).map_err(|e| classify(&e))?;
+            links.push((*name, link));
         }
         let [prog_fd, backup_fd] = fds;
-        let ns_changes = match attach_change_hooks(&mut ebpf) {
-            Ok(map) => Some(map),
+        let hooks = match attach_change_hooks(&mut ebpf) {
+            Ok(hooks) => Some(hooks),
             Err(e) => {
                 log::warn!(
                     "{e}: namespaces with listeners or UDP sockets are re-read every refresh"
@@ -179,6 +217,12 @@ impl Probe {
                 None
             }
         };
+        let ns_changes = if hooks.is_some() {
+            parts.ns_changes
+        } else {
+            None
+        };
+        links.extend(hooks.unwrap_or_default());
         // Nested runs the primary missed before the backup was attached were
         // handled by nobody.
         let unbacked_misses = prog_info(prog_fd)
@@ -186,20 +230,132 @@ impl Probe {
             .unwrap_or(0);
 
         Ok(Probe {
-            socks: Mutex::new(socks),
+            links,
+            socks: parts.socks,
             ns_changes,
-            counts,
-            ns_slots,
-            transitions,
-            control: Mutex::new(control),
-            errors,
-            events: Mutex::new(Some(events)),
+            counts: parts.counts,
+            ns_slots: parts.ns_slots,
+            transitions: parts.transitions,
+            control: parts.control,
+            errors: parts.errors,
+            events: Mutex::new(Some(parts.events)),
+            seed_base: parts.seed_base,
+            pinnable,
             prog_fd,
             backup_fd,
             unbacked_misses,
             max_sockets,
-            _ebpf: ebpf,
+            _ebpf: Some(ebpf),
         })
+    }
+
+    /// Take over a generation an earlier agent pinned in `dir` (see
+    /// [`Probe::pin`]): its programs never stopped counting. The stream
+    /// switch is turned off until someone watches, and what the ring holds
+    /// from before is dropped.
+    pub fn adopt(dir: &Path) -> Result<Probe, ProbeError> {
+        let adopt_err = |what: String| ProbeError::Adopt(dir.to_path_buf(), what);
+        let mut maps = Vec::new();
+        let mut pinnable = Vec::new();
+        for name in SHARED_MAPS {
+            let path = dir.join(name);
+            let data = match MapData::from_pin(&path) {
+                Ok(data) => data,
+                // Pinned without its change hooks: refresh without them.
+                Err(_) if name == "NS_CHANGES" && !path.exists() => continue,
+                Err(e) => return Err(adopt_err(format!("map {name}: {}", render_chain(&e)))),
+            };
+            let map =
+                Map::from_map_data(data).map_err(|e| adopt_err(format!("map {name}: {e}")))?;
+            pinnable.push((
+                name.to_string(),
+                map_fd(&map).map_err(|e| adopt_err(format!("map {name}: {e}")))?,
+            ));
+            maps.push((name, map));
+        }
+        let max_sockets = MapData::from_pin(dir.join("SOCKS"))
+            .and_then(|m| m.info())
+            .map(|info| info.max_entries())
+            .map_err(|e| adopt_err(format!("map SOCKS: {e}")))?;
+        let parts = Parts::from_maps(maps)?;
+        let mut fds = [-1; 2];
+        for (name, fd) in PROGRAM_NAMES.iter().zip(fds.iter_mut()) {
+            let owned = pin::obj_get(&dir.join(format!("prog_{name}")))?;
+            *fd = owned.as_raw_fd();
+            pinnable.push((format!("prog_{name}"), owned));
+        }
+        // Links stay attached through their pins; the agent holds none.
+        for (name, _) in PROGRAM_NAMES.iter().map(|n| (*n, 0)).chain(CHANGE_HOOKS) {
+            let path = dir.join(format!("link_{name}"));
+            if PROGRAM_NAMES.contains(&name) && !path.exists() {
+                return Err(adopt_err(format!("{} is missing", path.display())));
+            }
+        }
+        let [prog_fd, backup_fd] = fds;
+        let mut events = parts.events;
+        // Transitions from before this agent: nobody asked for them.
+        while events.next().is_some() {}
+        let probe = Probe {
+            links: Vec::new(),
+            socks: parts.socks,
+            ns_changes: parts.ns_changes,
+            counts: parts.counts,
+            ns_slots: parts.ns_slots,
+            transitions: parts.transitions,
+            control: parts.control,
+            errors: parts.errors,
+            events: Mutex::new(Some(events)),
+            seed_base: parts.seed_base,
+            pinnable,
+            prog_fd,
+            backup_fd,
+            unbacked_misses: 0,
+            max_sockets,
+            _ebpf: None,
+        };
+        probe.set_streaming(false)?;
+        Ok(probe)
+    }
+
+    /// Whether the agent that pinned this generation was seeding when it
+    /// stopped: then its counts lack what it had not seeded yet.
+    pub fn seeding(&self) -> Result<bool, ProbeError> {
+        lock(&self.control)
+            .get(&CONTROL_SEEDING, 0)
+            .map(|v| v != 0)
+            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
+    }
+
+    /// Pin this generation's maps, programs and links at `dir` so that it
+    /// keeps counting after the agent exits (written as `<dir>-new`, then
+    /// renamed: an adopter never finds half of it). `dir` must not exist.
+    pub fn pin(&self, dir: &Path) -> Result<(), ProbeError> {
+        let staging = pin::staging_dir(dir);
+        pin::remove(&staging)?;
+        std::fs::create_dir(&staging).map_err(|e| PinError::Io(staging.clone(), e))?;
+        for (name, fd) in &self.pinnable {
+            pin::obj_pin(fd.as_fd(), &staging.join(name))?;
+        }
+        for (name, fd) in &self.links {
+            pin::obj_pin(fd.as_fd(), &staging.join(format!("link_{name}")))?;
+        }
+        std::fs::rename(&staging, dir).map_err(|e| PinError::Io(dir.to_path_buf(), e))?;
+        Ok(())
+    }
+
+    /// A namespace's seeded counts, as the kernel keeps them.
+    pub fn seed_bases(&self) -> Vec<(u32, NsCounts)> {
+        lock(&self.seed_base)
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// Store a namespace's seeded counts in the kernel (for the next agent).
+    pub fn set_seed_base(&self, inode: u32, base: &NsCounts) -> Result<(), ProbeError> {
+        lock(&self.seed_base)
+            .insert(inode, *base, 0)
+            .map_err(|e| ProbeError::Map("SEED_BASE", e.to_string()))
     }
 
     pub fn max_sockets(&self) -> u32 {
@@ -435,11 +591,10 @@ impl Probe {
 }
 
 /// Attach the change hooks to the cgroup v2 root, where they see every
-/// socket on the host. aya attaches through a BPF link (kernel 5.7+),
-/// which always coexists with other programs and rejects the
-/// BPF_F_ALLOW_MULTI flag (EINVAL): hence `Single`.
-fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<HashMap<MapData, u64, u64>, ProbeError> {
-    use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+/// socket on the host, each through a BPF link (coexists with other
+/// programs there; pinnable, unlike aya 0.14's cgroup links).
+fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, OwnedFd)>, ProbeError> {
+    use aya::programs::{CgroupSockAddr, SockOps};
     let root = cgroup2_root().ok_or_else(|| {
         ProbeError::Load("no cgroup v2 hierarchy mounted (see /proc/mounts)".into())
     })?;
@@ -447,30 +602,73 @@ fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<HashMap<MapData, u64, u64>, Pr
         .map_err(|e| ProbeError::Load(format!("cannot open {}: {e}", root.display())))?;
     let load_err = |e: aya::programs::ProgramError| ProbeError::Load(render_chain(&e));
     let missing = |name: &str| ProbeError::Load(format!("program {name} missing"));
-    let sock_ops: &mut SockOps = ebpf
-        .program_mut("netconn_sockops")
-        .ok_or_else(|| missing("netconn_sockops"))?
-        .try_into()
-        .map_err(load_err)?;
-    sock_ops.load().map_err(load_err)?;
-    sock_ops
-        .attach(&dir, CgroupAttachMode::Single)
-        .map_err(load_err)?;
-    for name in ["netconn_connect4", "netconn_connect6"] {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| missing(name))?
-            .try_into()
-            .map_err(load_err)?;
-        program.load().map_err(load_err)?;
-        program
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(load_err)?;
+    let mut links = Vec::new();
+    for (name, attach_type) in CHANGE_HOOKS {
+        let program = ebpf.program_mut(name).ok_or_else(|| missing(name))?;
+        let fd = if attach_type == pin::BPF_CGROUP_SOCK_OPS {
+            let p: &mut SockOps = program.try_into().map_err(load_err)?;
+            p.load().map_err(load_err)?;
+            p.fd().map_err(load_err)?.as_fd().as_raw_fd()
+        } else {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
+            p.load().map_err(load_err)?;
+            p.fd().map_err(load_err)?.as_fd().as_raw_fd()
+        };
+        // SAFETY: the program's descriptor, open while `ebpf` lives.
+        let prog = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let link = pin::link_create(prog, dir.as_fd(), attach_type)
+            .map_err(|e| ProbeError::Load(format!("attaching {name}: {e}")))?;
+        links.push((name, link));
     }
-    let map = ebpf
-        .take_map("NS_CHANGES")
-        .ok_or_else(|| ProbeError::Map("NS_CHANGES", "missing from the object".into()))?;
-    HashMap::try_from(map).map_err(|e| ProbeError::Map("NS_CHANGES", e.to_string()))
+    Ok(links)
+}
+
+/// The typed shared maps, from the object or from pins.
+struct Parts {
+    socks: Mutex<HashMap<MapData, u64, KernelSock>>,
+    counts: PerCpuArray<MapData, NsCounts>,
+    ns_slots: HashMap<MapData, u32, u32>,
+    transitions: PerCpuArray<MapData, u64>,
+    control: Mutex<Array<MapData, u32>>,
+    errors: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
+    ns_changes: Option<HashMap<MapData, u64, u64>>,
+}
+
+impl Parts {
+    fn from_maps(maps: Vec<(&'static str, Map)>) -> Result<Parts, ProbeError> {
+        let mut by_name: std::collections::HashMap<&'static str, Map> = maps.into_iter().collect();
+        let mut take = |name: &'static str| {
+            by_name
+                .remove(name)
+                .ok_or_else(|| ProbeError::Map(name, "missing".into()))
+        };
+        let err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
+        Ok(Parts {
+            socks: Mutex::new(HashMap::try_from(take("SOCKS")?).map_err(err("SOCKS"))?),
+            counts: PerCpuArray::try_from(take("COUNTS")?).map_err(err("COUNTS"))?,
+            ns_slots: HashMap::try_from(take("NS_SLOTS")?).map_err(err("NS_SLOTS"))?,
+            transitions: PerCpuArray::try_from(take("TRANSITIONS")?).map_err(err("TRANSITIONS"))?,
+            control: Mutex::new(Array::try_from(take("CONTROL")?).map_err(err("CONTROL"))?),
+            errors: PerCpuArray::try_from(take("STATS")?).map_err(err("STATS"))?,
+            events: RingBuf::try_from(take("EVENTS")?).map_err(err("EVENTS"))?,
+            seed_base: Mutex::new(HashMap::try_from(take("SEED_BASE")?).map_err(err("SEED_BASE"))?),
+            ns_changes: match take("NS_CHANGES") {
+                Ok(map) => Some(HashMap::try_from(map).map_err(err("NS_CHANGES"))?),
+                Err(_) => None,
+            },
+        })
+    }
+}
+
+/// A descriptor of a map's own (for pinning it later).
+fn map_fd(map: &Map) -> io::Result<OwnedFd> {
+    let data = match map {
+        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        _ => return Err(io::Error::other("unexpected map type")),
+    };
+    data.fd().as_fd().try_clone_to_owned()
 }
 
 /// An error and its sources on one line (aya's Display stops at the call).
