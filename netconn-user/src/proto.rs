@@ -383,6 +383,9 @@ pub struct Dropped {
 pub struct Transition {
     pub time: String,
     pub netns: u32,
+    /// The socket's cookie in hex, as `ss -e` prints it (`sk:...`).
+    #[serde(default)]
+    pub sk: String,
     /// The namespace's name, when the agent knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_name: Option<String>,

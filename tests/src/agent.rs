@@ -259,6 +259,16 @@ impl Agent {
         Ok(status)
     }
 
+    /// SIGKILL, as a crash: the agent cleans nothing up (its socket file
+    /// stays; the next agent on the path replaces it).
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped");
+        };
+        child.kill().context("SIGKILL to the agent")?;
+        Ok(child.wait()?)
+    }
+
     fn terminate(&mut self) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
             bail!("agent already stopped");

@@ -299,9 +299,10 @@ fn render(e: &StateEvent, clock: &Clock, netns_name: Option<&String>) -> String 
     // Writing to a String cannot fail.
     let _ = write!(
         out,
-        r#"{{"time":"{}","netns":{},"family":"{}","laddr":"{laddr}","lport":{},"raddr":"{raddr}","rport":{},"old":"{}","new":"{}","ms":{}"#,
+        r#"{{"time":"{}","netns":{},"sk":"{:x}","family":"{}","laddr":"{laddr}","lport":{},"raddr":"{raddr}","rport":{},"old":"{}","new":"{}","ms":{}"#,
         humantime::format_rfc3339_micros(clock.wall_of(e.ts_ns)),
         e.netns,
+        e.cookie,
         if e.family == FAMILY_INET {
             "tcp4"
         } else {
@@ -387,6 +388,7 @@ mod tests {
         assert_eq!(v["new"], "CLOSE_WAIT");
         assert_eq!(v["ms"], 1.234);
         assert_eq!(v["netns"], 42);
+        assert_eq!(v["sk"], "1");
         assert_eq!(v["pid"], 7);
         assert_eq!(v["comm"], "curl");
         e.comm[..6].copy_from_slice(b"a\"b\\c\n");

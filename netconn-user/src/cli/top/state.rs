@@ -545,6 +545,7 @@ mod tests {
         Update::Transition(Box::new(Transition {
             time: "t".into(),
             netns: 7,
+            sk: "1".into(),
             netns_name: None,
             family: "tcp4".into(),
             laddr: "127.0.0.1".into(),
