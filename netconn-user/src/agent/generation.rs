@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Instant, SystemTime},
 };
 
@@ -21,7 +21,7 @@ use crate::{
         self,
         diag::{self, ALL_STATES, Kind, Proto},
         netns,
-        probe::{Insert, Probe, ProbeError},
+        probe::{ChangeHooks, Insert, Probe, ProbeError},
     },
     proto::SeedReport,
 };
@@ -103,11 +103,14 @@ impl Generation {
     /// (on until [`Generation::end_seeding`]) adds what existed before.
     /// The stream switch starts off; the tracker sets it when it installs
     /// the generation (see `tracker::Current::install`).
-    pub fn attach(config: &Config) -> Result<Generation, TrackerError> {
+    pub fn attach(
+        config: &Config,
+        hooks: Option<Arc<ChangeHooks>>,
+    ) -> Result<Generation, TrackerError> {
         let (max_sockets, ring_bytes) = (config.max_sockets, config.ring_bytes);
         // A nested event in the microseconds between the two attaches is
         // lost; attaching again is cheaper than seeding an inexact generation.
-        let mut probe = Probe::attach(max_sockets, ring_bytes)?;
+        let mut probe = Probe::attach(max_sockets, ring_bytes, hooks)?;
         for _ in 0..3 {
             if probe.unbacked_misses() == 0 {
                 break;
@@ -116,8 +119,10 @@ impl Generation {
                 "{} events missed while attaching; attaching again",
                 probe.unbacked_misses()
             );
+            // The hooks stay: attaching them again could cost events.
+            let hooks = probe.hooks();
             drop(probe);
-            probe = Probe::attach(max_sockets, ring_bytes)?;
+            probe = Probe::attach(max_sockets, ring_bytes, hooks)?;
         }
         Ok(Generation {
             probe,
@@ -276,13 +281,13 @@ impl Generation {
             match kernel.get(cookie) {
                 Some((family, state, _)) if (*family, *state) == (e.family, e.state) => {}
                 Some((family, state, what)) => lines.push(format!(
-                    "cookie {cookie}: entry {} (flags {}), kernel {} ({what})",
+                    "sk {cookie:x}: entry {} (flags {}), kernel {} ({what})",
                     describe(e.family, e.state),
                     e.flags,
                     describe(*family, *state)
                 )),
                 None => lines.push(format!(
-                    "cookie {cookie}: entry {} (flags {}, since {:.1} ms ago), not in the kernel's dump",
+                    "sk {cookie:x}: entry {} (flags {}, since {:.1} ms ago), not in the kernel's dump",
                     describe(e.family, e.state),
                     e.flags,
                     kernel::boot_ns().saturating_sub(e.since_ns) as f64 / 1e6
@@ -293,12 +298,19 @@ impl Generation {
         for (cookie, (family, state, what)) in &kernel {
             if !known.contains(cookie) {
                 lines.push(format!(
-                    "cookie {cookie}: no entry, kernel {} ({what})",
+                    "sk {cookie:x}: no entry, kernel {} ({what})",
                     describe(*family, *state)
                 ));
             }
         }
         if !lines.is_empty() {
+            let stats = self.probe.stats();
+            lines.push(format!(
+                "primary skipped {} nested events, backup handled {} and skipped {}",
+                self.probe.primary_misses(),
+                stats[STAT_BACKUP_HANDLED as usize],
+                self.probe.backup_misses()
+            ));
             lines.push(format!(
                 "attached {:.1} ms ago; seedings ended {:?} ms ago",
                 self.attached_ns_ago(),

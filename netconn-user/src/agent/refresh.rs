@@ -477,7 +477,8 @@ impl Tracker {
     /// namespace into it, and swap it in. `cause`: the namespace whose
     /// counts were wrong (None: all of them).
     fn reseed(&self, cause: Option<u32>) -> Result<(), TrackerError> {
-        let fresh = Generation::attach(&self.config)?;
+        // The change hooks stay as they are (see probe::ChangeHooks).
+        let fresh = Generation::attach(&self.config, self.current.get().probe.hooks())?;
         fresh.begin_seeding()?;
         let targets: Vec<(u32, Option<std::path::PathBuf>)> = read_lock(&self.namespaces)
             .values()

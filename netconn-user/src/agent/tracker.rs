@@ -200,7 +200,7 @@ impl Tracker {
         let (generation, pin) = match &config.pin_root {
             None => {
                 warn_if_pinned(Path::new(pin::DEFAULT_ROOT));
-                (Generation::attach(&config)?, None)
+                (Generation::attach(&config, None)?, None)
             }
             Some(root) => {
                 let (generation, pin) = adopt_or_attach(&config, root)?;
@@ -703,7 +703,7 @@ fn adopt_or_attach(config: &Config, root: &Path) -> Result<(Generation, PinMeta)
             Err(e) => log::warn!("not adopting: {e}; attaching and seeding afresh"),
         }
     }
-    Ok((Generation::attach(config)?, meta))
+    Ok((Generation::attach(config, None)?, meta))
 }
 
 /// Without `--pin`, pins left by an earlier `--pin` agent keep counting

@@ -6,7 +6,7 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -35,7 +35,7 @@ const TRACEPOINT: &str = "inet_sock_set_state";
 /// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 /// Maps the agent reads or writes, pinned and adopted by these names.
-const SHARED_MAPS: [&str; 9] = [
+const SHARED_MAPS: [&str; 8] = [
     "SOCKS",
     "COUNTS",
     "NS_SLOTS",
@@ -44,8 +44,9 @@ const SHARED_MAPS: [&str; 9] = [
     "STATS",
     "EVENTS",
     "SEED_BASE",
-    "NS_CHANGES",
 ];
+/// The change hooks' map (see [`ChangeHooks`]).
+const CHANGES_MAP: &str = "NS_CHANGES";
 /// The change hooks and their attach types (see netconn-ebpf's changes.rs).
 const CHANGE_HOOKS: [(&str, u32); 3] = [
     ("netconn_sockops", pin::BPF_CGROUP_SOCK_OPS),
@@ -106,9 +107,9 @@ pub struct Probe {
     /// Seeded counts per namespace inode, kept in the kernel for the next
     /// agent (see SEED_BASE in netconn-ebpf).
     seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
-    /// Changes per namespace cookie (see netconn-ebpf's changes.rs); None
-    /// when the change hooks could not be attached.
-    ns_changes: Option<HashMap<MapData, u64, u64>>,
+    /// The change hooks (see [`ChangeHooks`]); None when they could not be
+    /// attached. Shared with the generations that replace this one.
+    hooks: Option<Arc<ChangeHooks>>,
     /// Descriptors of what [`Probe::pin`] pins, by pin name: the shared
     /// maps and the tracepoint programs.
     pinnable: Vec<(String, OwnedFd)>,
@@ -123,7 +124,17 @@ impl Probe {
     /// Load and attach. The program starts counting at once; the caller
     /// seeds pre-existing sockets afterwards (`seeding` is on until
     /// [`Probe::set_seeding`] turns it off).
-    pub fn attach(max_sockets: u32, ring_bytes: u32) -> Result<Probe, ProbeError> {
+    ///
+    /// `hooks`: the change hooks of the generation this one replaces, kept
+    /// as they are; None attaches this object's own, before the tracepoint
+    /// programs: attaching a cgroup program makes tracing programs already
+    /// attached miss events now and then (measured: see
+    /// KERNEL-NOTES.md / README, "Other BPF programs").
+    pub fn attach(
+        max_sockets: u32,
+        ring_bytes: u32,
+        hooks: Option<Arc<ChangeHooks>>,
+    ) -> Result<Probe, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::EmptyObject);
         }
@@ -200,6 +211,21 @@ impl Probe {
             *fd = owned.as_raw_fd();
             pinnable.push((format!("prog_{name}"), owned));
         }
+        let own_changes = ebpf
+            .take_map(CHANGES_MAP)
+            .ok_or_else(|| ProbeError::Map(CHANGES_MAP, "missing from the object".into()))?;
+        let hooks = match hooks {
+            Some(shared) => Some(shared),
+            None => match attach_change_hooks(&mut ebpf, own_changes) {
+                Ok(hooks) => Some(Arc::new(hooks)),
+                Err(e) => {
+                    log::warn!(
+                        "{e}: namespaces with listeners or UDP sockets are re-read every refresh"
+                    );
+                    None
+                }
+            },
+        };
         let mut links = Vec::new();
         for (name, fd) in PROGRAM_NAMES.iter().zip(fds) {
             // SAFETY: fd is held open by `pinnable` for the whole call.
@@ -208,21 +234,6 @@ impl Probe {
             links.push((*name, link));
         }
         let [prog_fd, backup_fd] = fds;
-        let hooks = match attach_change_hooks(&mut ebpf) {
-            Ok(hooks) => Some(hooks),
-            Err(e) => {
-                log::warn!(
-                    "{e}: namespaces with listeners or UDP sockets are re-read every refresh"
-                );
-                None
-            }
-        };
-        let ns_changes = if hooks.is_some() {
-            parts.ns_changes
-        } else {
-            None
-        };
-        links.extend(hooks.unwrap_or_default());
         // Nested runs the primary missed before the backup was attached were
         // handled by nobody.
         let unbacked_misses = prog_info(prog_fd)
@@ -232,7 +243,7 @@ impl Probe {
         Ok(Probe {
             links,
             socks: parts.socks,
-            ns_changes,
+            hooks,
             counts: parts.counts,
             ns_slots: parts.ns_slots,
             transitions: parts.transitions,
@@ -259,12 +270,8 @@ impl Probe {
         let mut pinnable = Vec::new();
         for name in SHARED_MAPS {
             let path = dir.join(name);
-            let data = match MapData::from_pin(&path) {
-                Ok(data) => data,
-                // Pinned without its change hooks: refresh without them.
-                Err(_) if name == "NS_CHANGES" && !path.exists() => continue,
-                Err(e) => return Err(adopt_err(format!("map {name}: {}", render_chain(&e)))),
-            };
+            let data = MapData::from_pin(&path)
+                .map_err(|e| adopt_err(format!("map {name}: {}", render_chain(&e))))?;
             let map =
                 Map::from_map_data(data).map_err(|e| adopt_err(format!("map {name}: {e}")))?;
             pinnable.push((
@@ -285,12 +292,14 @@ impl Probe {
             pinnable.push((format!("prog_{name}"), owned));
         }
         // Links stay attached through their pins; the agent holds none.
-        for (name, _) in PROGRAM_NAMES.iter().map(|n| (*n, 0)).chain(CHANGE_HOOKS) {
+        for name in PROGRAM_NAMES {
             let path = dir.join(format!("link_{name}"));
-            if PROGRAM_NAMES.contains(&name) && !path.exists() {
+            if !path.exists() {
                 return Err(adopt_err(format!("{} is missing", path.display())));
             }
         }
+        // Pinned without its change hooks: refresh without them.
+        let hooks = ChangeHooks::adopt(dir).map(Arc::new);
         let [prog_fd, backup_fd] = fds;
         let mut events = parts.events;
         // Transitions from before this agent: nobody asked for them.
@@ -298,7 +307,7 @@ impl Probe {
         let probe = Probe {
             links: Vec::new(),
             socks: parts.socks,
-            ns_changes: parts.ns_changes,
+            hooks,
             counts: parts.counts,
             ns_slots: parts.ns_slots,
             transitions: parts.transitions,
@@ -338,6 +347,9 @@ impl Probe {
         }
         for (name, fd) in &self.links {
             pin::obj_pin(fd.as_fd(), &staging.join(format!("link_{name}")))?;
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks.pin(&staging)?;
         }
         std::fs::rename(&staging, dir).map_err(|e| PinError::Io(dir.to_path_buf(), e))?;
         Ok(())
@@ -499,12 +511,17 @@ impl Probe {
     /// that move no counter (request socket created, UDP connect); None when
     /// the hooks are not attached (then any moment may hold such a change).
     pub fn ns_changes(&self, cookie: u64) -> Option<u64> {
-        let map = self.ns_changes.as_ref()?;
+        let map = &self.hooks.as_ref()?.changes;
         match map.get(&cookie, 0) {
             Ok(n) => Some(n),
             Err(MapError::KeyNotFound) => Some(0),
             Err(_) => None,
         }
+    }
+
+    /// The change hooks, for the generation that replaces this one.
+    pub fn hooks(&self) -> Option<Arc<ChangeHooks>> {
+        self.hooks.clone()
     }
 
     /// Namespaces (inodes) the kernel side has counters for: every namespace
@@ -590,10 +607,46 @@ impl Probe {
     }
 }
 
+/// The kernel hooks that note changes moving no counter (see netconn-ebpf's
+/// changes.rs), and their map. Attached once per agent (and kept when
+/// pinned), not per generation: a re-seed must not attach cgroup programs
+/// under the tracing programs that are counting.
+pub struct ChangeHooks {
+    /// Closing one detaches its program, unless it is pinned.
+    links: Vec<(&'static str, OwnedFd)>,
+    /// Changes per namespace cookie.
+    changes: HashMap<MapData, u64, u64>,
+    changes_fd: OwnedFd,
+}
+
+impl ChangeHooks {
+    /// The hooks pinned in `dir`, if they were.
+    fn adopt(dir: &Path) -> Option<ChangeHooks> {
+        let data = MapData::from_pin(dir.join(CHANGES_MAP)).ok()?;
+        let map = Map::from_map_data(data).ok()?;
+        let changes_fd = map_fd(&map).ok()?;
+        let changes = HashMap::try_from(map).ok()?;
+        // Attached through their pins; nothing to hold.
+        Some(ChangeHooks {
+            links: Vec::new(),
+            changes,
+            changes_fd,
+        })
+    }
+
+    fn pin(&self, dir: &Path) -> Result<(), ProbeError> {
+        pin::obj_pin(self.changes_fd.as_fd(), &dir.join(CHANGES_MAP))?;
+        for (name, fd) in &self.links {
+            pin::obj_pin(fd.as_fd(), &dir.join(format!("link_{name}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Attach the change hooks to the cgroup v2 root, where they see every
 /// socket on the host, each through a BPF link (coexists with other
 /// programs there; pinnable, unlike aya 0.14's cgroup links).
-fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, OwnedFd)>, ProbeError> {
+fn attach_change_hooks(ebpf: &mut Ebpf, changes: Map) -> Result<ChangeHooks, ProbeError> {
     use aya::programs::{CgroupSockAddr, SockOps};
     let root = cgroup2_root().ok_or_else(|| {
         ProbeError::Load("no cgroup v2 hierarchy mounted (see /proc/mounts)".into())
@@ -620,7 +673,13 @@ fn attach_change_hooks(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, OwnedFd)>, 
             .map_err(|e| ProbeError::Load(format!("attaching {name}: {e}")))?;
         links.push((name, link));
     }
-    Ok(links)
+    let map_err = |e: MapError| ProbeError::Map(CHANGES_MAP, e.to_string());
+    let changes_fd = map_fd(&changes).map_err(|e| ProbeError::Map(CHANGES_MAP, e.to_string()))?;
+    Ok(ChangeHooks {
+        links,
+        changes: HashMap::try_from(changes).map_err(map_err)?,
+        changes_fd,
+    })
 }
 
 /// The typed shared maps, from the object or from pins.
@@ -633,7 +692,6 @@ struct Parts {
     errors: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
     seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
-    ns_changes: Option<HashMap<MapData, u64, u64>>,
 }
 
 impl Parts {
@@ -654,10 +712,6 @@ impl Parts {
             errors: PerCpuArray::try_from(take("STATS")?).map_err(err("STATS"))?,
             events: RingBuf::try_from(take("EVENTS")?).map_err(err("EVENTS"))?,
             seed_base: Mutex::new(HashMap::try_from(take("SEED_BASE")?).map_err(err("SEED_BASE"))?),
-            ns_changes: match take("NS_CHANGES") {
-                Ok(map) => Some(HashMap::try_from(map).map_err(err("NS_CHANGES"))?),
-                Err(_) => None,
-            },
         })
     }
 }
