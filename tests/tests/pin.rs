@@ -183,7 +183,10 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
             meta["pinned"]["adopted"] == true && meta["seed"]["dumped"] == 0,
             "the restarted agent should adopt without seeding: {meta}"
         );
-        ensure!(programs_loaded() == before + 1, "a second program was attached");
+        ensure!(
+            programs_loaded() == before + 1,
+            "a second program was attached"
+        );
         agent = Some(a);
     }
     let agent = agent.context("no agent")?;
@@ -283,14 +286,15 @@ fn without_pin_nothing_is_left_behind() -> Result<()> {
     let ns = Netns::create("nc-nopin")?;
     let root = PinRoot::new("none");
     let before = programs_loaded();
-    let agent = Agent::start_in(
-        Some(&ns),
-        &["--pin-root", &root.0.display().to_string()],
-    )?;
+    let agent = Agent::start_in(Some(&ns), &["--pin-root", &root.0.display().to_string()])?;
     let (_, meta) = agent.counts()?;
     ensure!(meta.get("pinned").is_none(), "pinned without --pin: {meta}");
     agent.stop()?;
-    ensure!(!root.0.exists(), "{} created without --pin", root.0.display());
+    ensure!(
+        !root.0.exists(),
+        "{} created without --pin",
+        root.0.display()
+    );
     ensure!(programs_settle_at(before), "program left attached");
     let out = root.unload()?;
     ensure!(out.contains("nothing pinned"), "unload said: {out}");

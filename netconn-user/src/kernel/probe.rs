@@ -128,8 +128,8 @@ impl Probe {
     /// `hooks`: the change hooks of the generation this one replaces, kept
     /// as they are; None attaches this object's own, before the tracepoint
     /// programs: attaching a cgroup program makes tracing programs already
-    /// attached miss events now and then (measured: see
-    /// KERNEL-NOTES.md / README, "Other BPF programs").
+    /// attached miss events now and then (measured: README, "Other BPF
+    /// programs").
     pub fn attach(
         max_sockets: u32,
         ring_bytes: u32,
