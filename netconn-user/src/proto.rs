@@ -314,6 +314,11 @@ pub struct SeedReport {
     /// Could not be inserted: per-socket map full.
     pub map_full: u64,
     pub tombstones_removed: u64,
+    /// Dumps of the namespace that needed most: a dump that ran while
+    /// sockets came and went may have skipped one, so seeding dumps again
+    /// (inserting only sockets not seen yet) until one ran undisturbed.
+    #[serde(default)]
+    pub passes: u32,
     pub millis: f64,
 }
 

@@ -29,11 +29,15 @@ pub struct NetnsBenchArgs {
 pub fn run(popgen: &Path, netconn: &Path, args: &NetnsBenchArgs) -> Result<()> {
     // SAFETY: single-threaded here; set before any thread reads it.
     unsafe { std::env::set_var("NETCONN_BIN", netconn) };
-    let many = many_namespaces(popgen, args)?;
+    // `--namespaces 0` skips the small namespaces: the big one alone.
+    let many = match args.namespaces {
+        0 => None,
+        _ => Some(many_namespaces(popgen, args)?),
+    };
     let big = one_big_namespace(popgen, args)?;
     println!();
     println!("netconn bench --part netns (agent in a private namespace of its own)");
-    for r in [many, big] {
+    for r in many.into_iter().chain([big]) {
         println!();
         println!("{}", r.title);
         println!(

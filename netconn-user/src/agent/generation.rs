@@ -5,7 +5,7 @@
 //! dump rows. A namespace is dumped from a thread inside it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{Arc, Mutex},
     time::{Instant, SystemTime},
@@ -22,6 +22,7 @@ use crate::{
         diag::{self, ALL_STATES, Kind, Proto},
         netns,
         probe::{ChangeHooks, Insert, Probe, ProbeError},
+        sockstat,
     },
     proto::SeedReport,
 };
@@ -55,6 +56,9 @@ pub struct Config {
 pub(super) trait StreamSwitch {
     fn switch_stream(&self, on: bool) -> Result<(), ProbeError>;
 }
+
+/// Dumps of one namespace while seeding, at most (see Generation::seed).
+const MAX_SEED_PASSES: u32 = 3;
 
 pub(super) fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
@@ -196,30 +200,43 @@ impl Generation {
             let mut report = SeedReport::default();
             let mut base = [0i64; 2 * STATE_SLOTS];
             let mut failure: Option<ProbeError> = None;
-            for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
-                diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
-                    if row.kind != Kind::Full || failure.is_some() {
-                        return;
-                    }
-                    report.dumped += 1;
-                    let entry = SockEntry {
-                        since_ns: now,
-                        netns: inode,
-                        state: row.state,
-                        family,
-                        flags: ENTRY_SEEDED,
-                        _pad: 0,
-                    };
-                    match self.probe.seed(row.cookie, &entry) {
-                        Ok(Insert::Inserted) => {
-                            report.inserted += 1;
-                            base[slot(family, row.state)] += 1;
+            // A dump under churn can skip a socket; one that changed
+            // nothing (see sockstat::tcp_activity) cannot. So dump again,
+            // inserting only sockets not seen yet, until a dump ran while
+            // the namespace stood still (or MAX_SEED_PASSES).
+            let mut seen: HashSet<u64> = HashSet::new();
+            for pass in 1..=MAX_SEED_PASSES {
+                let before = sockstat::tcp_activity();
+                for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
+                    diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
+                        if row.kind != Kind::Full || failure.is_some() || !seen.insert(row.cookie) {
+                            return;
                         }
-                        Ok(Insert::Exists) => report.already_known += 1,
-                        Ok(Insert::Full) => report.map_full += 1,
-                        Err(e) => failure = Some(e),
-                    }
-                })?;
+                        report.dumped += 1;
+                        let entry = SockEntry {
+                            since_ns: now,
+                            netns: inode,
+                            state: row.state,
+                            family,
+                            flags: ENTRY_SEEDED,
+                            _pad: 0,
+                        };
+                        match self.probe.seed(row.cookie, &entry) {
+                            Ok(Insert::Inserted) => {
+                                report.inserted += 1;
+                                base[slot(family, row.state)] += 1;
+                            }
+                            Ok(Insert::Exists) => report.already_known += 1,
+                            Ok(Insert::Full) => report.map_full += 1,
+                            Err(e) => failure = Some(e),
+                        }
+                    })?;
+                }
+                report.passes = pass;
+                let after = sockstat::tcp_activity();
+                if failure.is_some() || (before.is_some() && before == after) {
+                    break;
+                }
             }
             match failure {
                 Some(e) => Err(e.into()),
@@ -248,6 +265,7 @@ impl Generation {
         total.already_known += report.already_known;
         total.map_full += report.map_full;
         total.millis += report.millis;
+        total.passes = total.passes.max(report.passes);
         Ok(report)
     }
 

@@ -50,6 +50,34 @@ pub enum SockStatError {
     },
 }
 
+/// Anything that moves a TCP socket in or out of the kernel's hash tables
+/// in the calling thread's namespace moves at least one of these: the
+/// `Tcp:` opens and segment counters of `/proc/net/snmp` (both families:
+/// TCP keeps one set per namespace) and the sockstat counters (a timewait
+/// sock expires without a segment). Equal readings around a sock_diag dump
+/// mean nothing was hashed or unhashed during it, so it skipped nothing
+/// (a dump resumes by position in a hash chain, and a chain that changed
+/// under it can make it skip a socket). None when unreadable.
+pub fn tcp_activity() -> Option<(SockStat, [u64; 4])> {
+    let stat = read().ok()?;
+    let snmp = fs::read_to_string("/proc/thread-self/net/snmp").ok()?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let field = |key: &str| -> Option<u64> {
+        let at = names.split_whitespace().position(|n| n == key)?;
+        values.split_whitespace().nth(at)?.parse().ok()
+    };
+    Some((
+        stat,
+        [
+            field("ActiveOpens")?,
+            field("PassiveOpens")?,
+            field("InSegs")?,
+            field("OutSegs")?,
+        ],
+    ))
+}
+
 /// Read the counters of the calling thread's network namespace.
 pub fn read() -> Result<SockStat, SockStatError> {
     read_files(SOCKSTAT, SOCKSTAT6)
