@@ -157,7 +157,16 @@ pub const STAT_READ_FAILED: u32 = 2;
 pub const STAT_BACKUP_HANDLED: u32 = 3;
 /// Transitions not streamed because the ring buffer was full.
 pub const STAT_EVENTS_DROPPED: u32 = 4;
-pub const STAT_SLOTS: u32 = 5;
+/// Tombstones not noted in `TOMBSTONES` because it was full: the agent then
+/// looks for them through the whole `SOCKS` map.
+pub const STAT_TOMBSTONES_LOST: u32 = 5;
+pub const STAT_SLOTS: u32 = 6;
+
+/// Capacity of the `TOMBSTONES` queue: cookies of the tombstones made while
+/// seeding, so that the agent removes them without walking `SOCKS` (a
+/// syscall or two per entry: 0.4 s at 250k sockets). Past it the agent
+/// walks the map.
+pub const TOMBSTONE_QUEUE: u32 = 1 << 16;
 
 /// One TCP state transition, as streamed through the `EVENTS` ring buffer.
 #[repr(C)]

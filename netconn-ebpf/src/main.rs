@@ -20,7 +20,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
     programs::BtfTracePointContext,
 };
 // The bpf target has no atomic types with fetch_add; the intrinsic lowers to
@@ -35,7 +35,8 @@ use netconn_common::{
     ENTRY_TOMBSTONE, EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6,
     KernelSock, NS_SLOT_PROBES, NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_BACKUP_HANDLED,
     STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL,
-    STATE_SLOTS, StateEvent, TRANSITION_CELLS, model, ns_slot_probe, slot, transition_cell,
+    STAT_TOMBSTONES_LOST, STATE_SLOTS, StateEvent, TOMBSTONE_QUEUE, TRANSITION_CELLS, model,
+    ns_slot_probe, slot, transition_cell,
 };
 
 const AF_INET: u16 = 2;
@@ -81,6 +82,11 @@ static SK_LOCK_OWNED_OFFSET: u64 = 0; // sock.sk_lock.owned (int)
 /// 45k connections on loopback without prealloc.
 #[map]
 static SOCKS: HashMap<u64, KernelSock> = HashMap::with_max_entries(1 << 19, 0);
+
+/// Cookies of the tombstones made while seeding, for the agent to remove
+/// when seeding ends without walking SOCKS (see note_tombstone).
+#[map]
+static TOMBSTONES: Queue<u64> = Queue::with_max_entries(TOMBSTONE_QUEUE, 0);
 
 /// Per-CPU state counters (deltas, see NsCounts), one entry per namespace
 /// slot. An array, not a hash keyed by namespace: the lookup is inlined by
@@ -390,6 +396,7 @@ fn track(
             ..new_entry(netns, NS_SLOT_UNKNOWN, family, new, now)
         };
         if SOCKS.insert(cookie, tomb, BPF_NOEXIST as u64).is_ok() {
+            note_tombstone(cookie);
             return Ok(None);
         }
     } else {
@@ -438,6 +445,7 @@ fn update_existing(
             count(bank, ns_slot, Some(from), None)?;
             if seeding {
                 entry.family_flags = KernelSock::family_flags(entry.family(), ENTRY_TOMBSTONE);
+                note_tombstone(cookie);
             } else {
                 let _ = SOCKS.remove(cookie);
             }
@@ -465,6 +473,15 @@ fn update_existing(
     entry.family_flags = KernelSock::family_flags(family, ENTRY_LIVE);
     count(bank, ns_slot, None, Some(slot(family, new)))?;
     Ok(Some(None))
+}
+
+/// Tell the agent where a new tombstone is. A full queue is counted: the
+/// agent then walks the whole map for the ones it was not told about.
+#[inline(always)]
+fn note_tombstone(cookie: u64) {
+    if TOMBSTONES.push(cookie, 0).is_err() {
+        bump(STAT_TOMBSTONES_LOST);
+    }
 }
 
 /// Send the transition to the agent's ring buffer (only while someone

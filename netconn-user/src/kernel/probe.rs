@@ -6,18 +6,21 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue, RingBuf},
     programs::BtfTracePoint,
 };
 use netconn_common::{
     BANKS, CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, KernelSock, NS_SLOT_PROBES,
-    NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_SLOTS, STATE_SLOTS, SockEntry, TRANSITION_CELLS,
-    ns_slot_probe,
+    NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_SLOTS, STAT_TOMBSTONES_LOST, STATE_SLOTS,
+    SockEntry, TRANSITION_CELLS, ns_slot_probe,
 };
 
 use crate::kernel::{
@@ -35,8 +38,9 @@ const TRACEPOINT: &str = "inet_sock_set_state";
 /// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
 /// Maps the agent reads or writes, pinned and adopted by these names.
-const SHARED_MAPS: [&str; 8] = [
+const SHARED_MAPS: [&str; 9] = [
     "SOCKS",
+    "TOMBSTONES",
     "COUNTS",
     "NS_SLOTS",
     "TRANSITIONS",
@@ -93,6 +97,10 @@ pub struct Probe {
     links: Vec<(&'static str, OwnedFd)>,
     /// Behind a lock: seeding inserts from namespace threads.
     socks: Mutex<HashMap<MapData, u64, KernelSock>>,
+    /// Cookies of tombstones the program made (see netconn-ebpf).
+    tombstones: Mutex<Queue<MapData, u64>>,
+    /// STAT_TOMBSTONES_LOST when the whole map was last walked for them.
+    tombstones_lost_swept: AtomicU64,
     /// Per namespace slot (see `ns_slot`).
     counts: PerCpuArray<MapData, NsCounts>,
     /// Slot -> namespace inode.
@@ -243,6 +251,8 @@ impl Probe {
         Ok(Probe {
             links,
             socks: parts.socks,
+            tombstones: parts.tombstones,
+            tombstones_lost_swept: AtomicU64::new(0),
             hooks,
             counts: parts.counts,
             ns_slots: parts.ns_slots,
@@ -307,6 +317,9 @@ impl Probe {
         let probe = Probe {
             links: Vec::new(),
             socks: parts.socks,
+            tombstones: parts.tombstones,
+            // What an earlier agent lost was swept by it or is swept now.
+            tombstones_lost_swept: AtomicU64::new(0),
             hooks,
             counts: parts.counts,
             ns_slots: parts.ns_slots,
@@ -455,20 +468,48 @@ impl Probe {
             .collect()
     }
 
-    /// Drop the tombstones left by closes during seeding. Returns how many.
+    /// Drop the tombstones left by closes during seeding (call with seeding
+    /// off). Returns how many. The program notes each one's cookie in a
+    /// queue; the whole map is walked only when that queue overflowed.
     pub fn remove_tombstones(&self) -> Result<usize, ProbeError> {
+        // Read before draining: a cookie lost after this read is still a
+        // tombstone at the next call, which walks the map then.
+        let lost = self.stats()[STAT_TOMBSTONES_LOST as usize];
         let mut socks = lock(&self.socks);
-        let tombstones: Vec<u64> = socks
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, entry)| entry.flags() == ENTRY_TOMBSTONE)
-            .map(|(cookie, _)| cookie)
-            .collect();
-        for cookie in &tombstones {
-            // A socket may have been destroyed-and-removed meanwhile: fine.
-            let _ = socks.remove(cookie);
+        let mut removed = 0;
+        let mut queue = lock(&self.tombstones);
+        loop {
+            let cookie = match queue.pop(0) {
+                Ok(cookie) => cookie,
+                Err(MapError::ElementNotFound) => break,
+                Err(e) => return Err(ProbeError::Map("TOMBSTONES", e.to_string())),
+            };
+            // Only if still a tombstone: the socket may have connected again
+            // since (a live entry), or be noted twice (closed, reconnected
+            // and closed again while seeding).
+            let tombstone = socks
+                .get(&cookie, 0)
+                .is_ok_and(|e| e.flags() == ENTRY_TOMBSTONE);
+            if tombstone && socks.remove(&cookie).is_ok() {
+                removed += 1;
+            }
         }
-        Ok(tombstones.len())
+        if lost > self.tombstones_lost_swept.load(Ordering::Relaxed) {
+            let tombstones: Vec<u64> = socks
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, entry)| entry.flags() == ENTRY_TOMBSTONE)
+                .map(|(cookie, _)| cookie)
+                .collect();
+            for cookie in &tombstones {
+                // A socket may have been destroyed-and-removed meanwhile: fine.
+                if socks.remove(cookie).is_ok() {
+                    removed += 1;
+                }
+            }
+            self.tombstones_lost_swept.store(lost, Ordering::Relaxed);
+        }
+        Ok(removed)
     }
 
     /// Summed per-CPU TCP counter deltas of one namespace (slot layout of
@@ -685,6 +726,7 @@ fn attach_change_hooks(ebpf: &mut Ebpf, changes: Map) -> Result<ChangeHooks, Pro
 /// The typed shared maps, from the object or from pins.
 struct Parts {
     socks: Mutex<HashMap<MapData, u64, KernelSock>>,
+    tombstones: Mutex<Queue<MapData, u64>>,
     counts: PerCpuArray<MapData, NsCounts>,
     ns_slots: HashMap<MapData, u32, u32>,
     transitions: PerCpuArray<MapData, u64>,
@@ -705,6 +747,9 @@ impl Parts {
         let err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
         Ok(Parts {
             socks: Mutex::new(HashMap::try_from(take("SOCKS")?).map_err(err("SOCKS"))?),
+            tombstones: Mutex::new(
+                Queue::try_from(take("TOMBSTONES")?).map_err(err("TOMBSTONES"))?,
+            ),
             counts: PerCpuArray::try_from(take("COUNTS")?).map_err(err("COUNTS"))?,
             ns_slots: HashMap::try_from(take("NS_SLOTS")?).map_err(err("NS_SLOTS"))?,
             transitions: PerCpuArray::try_from(take("TRANSITIONS")?).map_err(err("TRANSITIONS"))?,
@@ -719,7 +764,9 @@ impl Parts {
 /// A descriptor of a map's own (for pinning it later).
 fn map_fd(map: &Map) -> io::Result<OwnedFd> {
     let data = match map {
-        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::Queue(d) => {
+            d
+        }
         _ => return Err(io::Error::other("unexpected map type")),
     };
     data.fd().as_fd().try_clone_to_owned()
