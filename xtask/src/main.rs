@@ -255,6 +255,13 @@ fn missing() -> Vec<&'static str> {
     {
         out.push("prometheus");
     }
+    // The monitoring test validates the shipped Icinga 2 and Nagios
+    // definitions with the real daemons' configuration checks.
+    if !succeeds(Command::new("icinga2").arg("--version"))
+        || !succeeds(Command::new("nagios4").arg("--version"))
+    {
+        out.push("monitoring");
+    }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         out.push("tracefs");
     }
@@ -298,6 +305,25 @@ fn setup() -> anyhow::Result<()> {
             Command::new("apt-get")
                 .args(["install", "-y", "-qq"])
                 .args(&debian)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if missing.contains(&"monitoring") {
+        say(
+            "installing icinga2-bin, icinga2-common and nagios4-core (their configuration checks validate the shipped definitions; no daemon is started)",
+        );
+        status(Command::new("apt-get").args(["update", "-qq"]))?;
+        status(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "icinga2-bin",
+                    "icinga2-common",
+                    "nagios4-core",
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
