@@ -3,7 +3,10 @@
 //! `nagios4 -v`), a broken copy of each fails them, and the command line
 //! each renders is one `netconn check` accepts and answers.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use netconn_tests::*;
@@ -18,7 +21,7 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    fn path(&self) -> &std::path::Path {
+    fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -63,7 +66,7 @@ fn check_accepts(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn icinga2_check(dir: &Scratch, command_file: &PathBuf) -> Result<(bool, String)> {
+fn icinga2_check(dir: &Scratch, command_file: &Path) -> Result<(bool, String)> {
     let conf = dir.path().join("icinga2.conf");
     std::fs::write(
         &conf,
@@ -143,7 +146,7 @@ fn icinga2_accepts_the_check_command() -> Result<()> {
     ])
 }
 
-fn nagios_check(dir: &Scratch, command_file: &PathBuf) -> Result<(bool, String)> {
+fn nagios_check(dir: &Scratch, command_file: &Path) -> Result<(bool, String)> {
     let d = dir.path().display();
     let objects = dir.path().join("objects.cfg");
     let period = "monday 00:00-24:00\n tuesday 00:00-24:00\n wednesday 00:00-24:00\n thursday 00:00-24:00\n friday 00:00-24:00\n saturday 00:00-24:00\n sunday 00:00-24:00";
