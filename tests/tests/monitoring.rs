@@ -18,6 +18,8 @@ impl Scratch {
     fn new(tag: &str) -> Result<Scratch> {
         let dir = std::env::temp_dir().join(format!("netconn-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Readable by the daemons' own users (icinga2 drops root).
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         Ok(Scratch(dir))
     }
 
@@ -67,6 +69,12 @@ fn check_accepts(args: &[&str]) -> Result<()> {
 }
 
 fn icinga2_check(dir: &Scratch, command_file: &Path) -> Result<(bool, String)> {
+    // icinga2 reads the configuration as its own user (it drops root), who
+    // may not see into the checkout (a 0700 temporary clone): use a copy.
+    let copy = dir.path().join("netconn-command.conf");
+    std::fs::copy(command_file, &copy)
+        .with_context(|| format!("copying {}", command_file.display()))?;
+    let command_file = copy.as_path();
     let conf = dir.path().join("icinga2.conf");
     std::fs::write(
         &conf,
