@@ -11,7 +11,7 @@ use std::{
 
 use netconn_common::{
     Counts, Family, State,
-    model::{TCP_FIN_WAIT2, TCP_SYN_RECV, TCP_TIME_WAIT},
+    model::{TCP_CLOSING, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_TIME_WAIT},
 };
 
 use super::{
@@ -26,12 +26,30 @@ use crate::kernel::{
     self,
     diag::{self, ALL_STATES, Kind, Proto},
     netns::{self, NetnsError},
-    sockstat::SockStat,
+    sockstat::{self, SockStat},
 };
 
 /// The dump that finds what the tracepoint never reports: timewait socks
 /// (TIME_WAIT, and FIN_WAIT2 of an orphan) and request socks (SYN_RECV).
-const UNTRACKED_STATES: u32 = (1 << TCP_SYN_RECV) | (1 << TCP_FIN_WAIT2) | (1 << TCP_TIME_WAIT);
+/// It also lists the full sockets in the few transitional states of
+/// CHECKED_STATES, whose count must equal ours (see `Dumped::wrong`).
+const UNTRACKED_STATES: u32 = (1 << TCP_SYN_RECV)
+    | (1 << TCP_FIN_WAIT2)
+    | (1 << TCP_TIME_WAIT)
+    | (1 << TCP_FIN_WAIT1)
+    | (1 << TCP_CLOSING)
+    | (1 << TCP_LAST_ACK);
+/// States where full sockets are few (a connection passes through them) and
+/// a missed transition leaves a socket counted in the wrong one with the
+/// totals still right, which no `inuse` comparison can see.
+const CHECKED_STATES: [State; 4] = [
+    State::FinWait1,
+    State::FinWait2,
+    State::Closing,
+    State::LastAck,
+];
+/// Passes in a row with wrong states before a re-seed.
+const WRONG_STATE_ROUNDS: u32 = 2;
 /// Identical disagreement with the kernel's `inuse` counters for this many
 /// refreshes in a row (nothing changing meanwhile) means our counts drifted.
 const DRIFT_ROUNDS: u32 = 4;
@@ -62,12 +80,20 @@ pub(super) struct Watch {
     /// The kernel hooks' change count when the part was last dumped.
     changes: Option<u64>,
     drift: DriftWatch,
+    /// Passes in a row whose dump found wrong states.
+    wrong_rounds: u32,
 }
 
 /// One refresh of a namespace's untracked part.
 struct Dumped {
     counts: Counts,
     transient: bool,
+    /// Our counts in CHECKED_STATES disagree with the full sockets the dump
+    /// listed, read while the namespace stood still (None: they agree, or
+    /// the namespace moved during the dump and nothing can be concluded).
+    wrong: Option<String>,
+    /// The namespace moved during the dump.
+    moved: bool,
 }
 
 impl Tracker {
@@ -100,6 +126,7 @@ impl Tracker {
                 drift: None,
                 reseeds: 0,
                 moved: None,
+                wrong_states: None,
             });
         }
         if !known.contains(&own) && !fresh.iter().any(|n| n.inode == own) {
@@ -124,6 +151,7 @@ impl Tracker {
                 drift: None,
                 reseeds: 0,
                 moved: None,
+                wrong_states: None,
             });
         }
         let gone: Vec<u32> = known
@@ -331,21 +359,32 @@ impl Tracker {
                 && stat.is_some()
                 && stat == watch.dumped_at
                 && silent_ok;
+            // Some(verdict) when this pass dumped.
+            let mut wrong: Option<Option<String>> = None;
             let untracked = if unchanged {
                 None
             } else {
+                let ours = || self.tracked(&generation, inode, &mut Vec::new());
                 let dumped = match &path {
-                    None => dump_untracked().map_err(|e| e.to_string()),
-                    Some(p) => netns::run_in(p, dump_untracked)
+                    None => dump_untracked(ours).map_err(|e| e.to_string()),
+                    Some(p) => netns::run_in(p, || dump_untracked(ours))
                         .map_err(|e| e.to_string())
                         .and_then(|r| r.map_err(|e| e.to_string())),
                 };
                 dumps += 1;
                 match dumped {
                     Ok(d) => {
-                        watch.transient = d.transient;
+                        // Dump again next pass while the states could not
+                        // be checked or were wrong: a transition that moves
+                        // no counter would not bring another dump.
+                        watch.transient = d.transient || d.moved || d.wrong.is_some();
                         watch.dumped_at = stat;
                         watch.changes = changes;
+                        watch.wrong_rounds = match &d.wrong {
+                            Some(_) => watch.wrong_rounds + 1,
+                            None => 0,
+                        };
+                        wrong = Some(d.wrong);
                         Some(d.counts)
                     }
                     Err(e) => {
@@ -363,12 +402,21 @@ impl Tracker {
             {
                 drifted = Some((inode, reason.clone()));
             }
+            if let Some(Some(reason)) = &wrong
+                && watch.wrong_rounds >= WRONG_STATE_ROUNDS
+                && drifted.is_none()
+            {
+                drifted = Some((inode, reason.clone()));
+            }
             let mut namespaces = write_lock(&self.namespaces);
             let Some(ns) = namespaces.get_mut(&inode) else {
                 continue;
             };
             ns.drift = drift;
             ns.moved = moved;
+            if let Some(verdict) = wrong {
+                ns.wrong_states = verdict;
+            }
             match (untracked, ns.untracked.as_mut()) {
                 (Some(counts), _) => {
                     ns.untracked = Some(Untracked {
@@ -513,6 +561,7 @@ impl Tracker {
         self.pin_current()?;
         for ns in write_lock(&self.namespaces).values_mut() {
             ns.drift = None;
+            ns.wrong_states = None;
             if cause.is_none_or(|c| c == ns.inode) {
                 ns.reseeds += 1;
             }
@@ -542,22 +591,62 @@ fn is_quiet(stat: Option<&SockStat>) -> bool {
 /// Dump the calling thread's namespace's untracked part. Cost: one
 /// sock_diag dump of the TIME_WAIT/FIN_WAIT2/SYN_RECV TCP sockets and one of
 /// all UDP sockets per address family, linear in those sockets.
-fn dump_untracked() -> Result<Dumped, diag::DiagError> {
+fn dump_untracked(ours: impl FnOnce() -> Counts) -> Result<Dumped, diag::DiagError> {
     let mut counts = Counts::default();
+    let mut full = Counts::default();
     let mut transient = false;
+    let before = sockstat::tcp_activity();
     for af in [diag::AF_INET, diag::AF_INET6] {
         diag::dump(Proto::Tcp, af, UNTRACKED_STATES, |row| {
+            let state = State::from_kernel(row.state);
             if row.kind != Kind::Full {
-                let state = State::from_kernel(row.state);
                 transient |= row.kind == Kind::Request || state == State::FinWait2;
                 counts.add(row.family, state, 1);
+            } else if CHECKED_STATES.contains(&state) {
+                full.add(row.family, state, 1);
             }
         })?;
+    }
+    // Ours between the dump and the second reading: with nothing hashed,
+    // unhashed or sent meanwhile, both describe the same moment.
+    let ours = ours();
+    let after = sockstat::tcp_activity();
+    for af in [diag::AF_INET, diag::AF_INET6] {
         diag::dump(Proto::Udp, af, ALL_STATES, |row| {
             counts.add(row.family, State::from_kernel(row.state), 1);
         })?;
     }
-    Ok(Dumped { counts, transient })
+    let moved = before.is_none() || before != after;
+    let wrong = if moved {
+        None
+    } else {
+        let diffs: Vec<String> = [Family::Tcp4, Family::Tcp6]
+            .into_iter()
+            .flat_map(|f| CHECKED_STATES.map(|s| (f, s)))
+            .filter(|&(f, s)| full.get(f, s) != ours.get(f, s))
+            .map(|(f, s)| {
+                format!(
+                    "{} {}: tracked {}, kernel {}",
+                    f.name(),
+                    s.name(),
+                    ours.get(f, s),
+                    full.get(f, s)
+                )
+            })
+            .collect();
+        (!diffs.is_empty()).then(|| {
+            format!(
+                "a transition was missed: {} (listed by sock_diag at a quiet moment)",
+                diffs.join(", ")
+            )
+        })
+    };
+    Ok(Dumped {
+        counts,
+        transient,
+        wrong,
+        moved,
+    })
 }
 
 /// Compares a namespace's full-socket TCP totals with the kernel's `inuse`

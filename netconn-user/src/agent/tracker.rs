@@ -84,6 +84,10 @@ pub(super) struct Namespace {
     /// pass last made it, against the sockstat it read anyway: what a
     /// metrics scrape uses instead of reading /proc once per namespace.
     pub moved: Option<String>,
+    /// Full sockets in the states the refresh dump lists (FIN_WAIT1,
+    /// FIN_WAIT2, CLOSING, LAST_ACK) that disagree with ours at a quiet
+    /// moment: a transition the kernel side missed. Set by the refresh.
+    pub wrong_states: Option<String>,
 }
 
 impl Namespace {
@@ -435,6 +439,9 @@ impl Tracker {
         };
         if let Some(reason) = verdict {
             inexact.push(reason);
+        }
+        if let Some(reason) = &ns.wrong_states {
+            inexact.push(reason.clone());
         }
         match &ns.untracked {
             Some(u) => {
