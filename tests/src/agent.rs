@@ -308,6 +308,35 @@ pub fn loaded_bpf_program_names() -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// How many netconn primary programs (`netconn_state`) are loaded now,
+/// host-wide: one per attached generation.
+pub fn netconn_programs() -> usize {
+    loaded_bpf_program_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter(|n| n.as_str() == "netconn_state")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Wait until `n` netconn programs are loaded. The kernel releases a
+/// program's link and the program itself from a work queue shortly after
+/// the last descriptor closes, so give it a few seconds.
+pub fn netconn_programs_settle_at(n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if netconn_programs() == n {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Resident memory of a process, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -27,7 +27,10 @@ pub mod prom;
 pub mod spec;
 pub mod ss;
 
-pub use agent::{Agent, loaded_bpf_program_names, netconn_bin, rss_kib, socket_path};
+pub use agent::{
+    Agent, loaded_bpf_program_names, netconn_bin, netconn_programs, netconn_programs_settle_at,
+    rss_kib, socket_path,
+};
 pub use netconn_common::{Counts, Family, State};
 pub use netns::{Netns, with_netns};
 pub use population::{PopOptions, Population, popgen_path};

@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -16,7 +16,6 @@ use netconn_tests::*;
 
 const POPGEN: &str = env!("CARGO_BIN_EXE_popgen");
 const SETTLE: Duration = Duration::from_secs(30);
-const PROGRAM: &str = "netconn_state";
 
 fn in_ns(ns: &Netns) -> PopOptions {
     PopOptions {
@@ -63,27 +62,6 @@ impl PinRoot {
 impl Drop for PinRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn programs_loaded() -> usize {
-    loaded_bpf_program_names()
-        .map(|names| names.iter().filter(|n| n.as_str() == PROGRAM).count())
-        .unwrap_or(0)
-}
-
-/// Wait until `n` netconn programs are loaded (the kernel frees detached
-/// programs from a work queue).
-fn programs_settle_at(n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if programs_loaded() == n {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -144,7 +122,7 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
     let ns = Netns::create("nc-pin")?;
     let root = PinRoot::new("adopt");
     let socket = socket_path();
-    let before = programs_loaded();
+    let before = netconn_programs();
     let _steady = Population::start_with(
         POPGEN,
         &PopSpec {
@@ -173,7 +151,7 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
             ensure!(status.success(), "agent exit: {status}");
         }
         ensure!(
-            programs_settle_at(before + 1),
+            netconn_programs_settle_at(before + 1),
             "the pinned program must stay attached after the agent exits (crash: {crash})"
         );
         held.push(churn_while_away(&ns)?);
@@ -184,7 +162,7 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
             "the restarted agent should adopt without seeding: {meta}"
         );
         ensure!(
-            programs_loaded() == before + 1,
+            netconn_programs() == before + 1,
             "a second program was attached"
         );
         agent = Some(a);
@@ -229,7 +207,7 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
     ensure!(out.contains("removed"), "unload said: {out}");
     ensure!(!root.0.exists(), "unload left {}", root.0.display());
     ensure!(
-        programs_settle_at(before),
+        netconn_programs_settle_at(before),
         "programs still attached after unload"
     );
     Ok(())
@@ -241,7 +219,7 @@ fn upgrade_across_layouts_seeds_its_own_and_removes_the_old() -> Result<()> {
     let ns = Netns::create("nc-upgrade")?;
     let root = PinRoot::new("upgrade");
     let socket = socket_path();
-    let before = programs_loaded();
+    let before = netconn_programs();
     let _steady = Population::start_with(
         POPGEN,
         &PopSpec {
@@ -271,12 +249,15 @@ fn upgrade_across_layouts_seeds_its_own_and_removes_the_old() -> Result<()> {
         "the old layout is still pinned"
     );
     ensure!(
-        programs_settle_at(before + 1),
+        netconn_programs_settle_at(before + 1),
         "the old layout's program is still attached (counting beside the new one)"
     );
     new.stop()?;
     root.unload()?;
-    ensure!(programs_settle_at(before), "programs left after unload");
+    ensure!(
+        netconn_programs_settle_at(before),
+        "programs left after unload"
+    );
     Ok(())
 }
 
@@ -285,7 +266,7 @@ fn without_pin_nothing_is_left_behind() -> Result<()> {
     require_root()?;
     let ns = Netns::create("nc-nopin")?;
     let root = PinRoot::new("none");
-    let before = programs_loaded();
+    let before = netconn_programs();
     let agent = Agent::start_in(Some(&ns), &["--pin-root", &root.0.display().to_string()])?;
     let (_, meta) = agent.counts()?;
     ensure!(meta.get("pinned").is_none(), "pinned without --pin: {meta}");
@@ -295,7 +276,7 @@ fn without_pin_nothing_is_left_behind() -> Result<()> {
         "{} created without --pin",
         root.0.display()
     );
-    ensure!(programs_settle_at(before), "program left attached");
+    ensure!(netconn_programs_settle_at(before), "program left attached");
     let out = root.unload()?;
     ensure!(out.contains("nothing pinned"), "unload said: {out}");
     Ok(())

@@ -18,34 +18,11 @@ use netconn_tests::*;
 
 const POPGEN: &str = env!("CARGO_BIN_EXE_popgen");
 const SETTLE: Duration = Duration::from_secs(30);
-const PROGRAM: &str = "netconn_state";
 
 fn in_ns(ns: &Netns) -> PopOptions {
     PopOptions {
         netns: Some(ns.name().to_string()),
         ..PopOptions::default()
-    }
-}
-
-fn programs_loaded() -> usize {
-    loaded_bpf_program_names()
-        .map(|names| names.iter().filter(|n| n.as_str() == PROGRAM).count())
-        .unwrap_or(0)
-}
-
-/// Wait until `n` netconn programs are loaded. The kernel releases a
-/// program's link and the program itself from a work queue shortly after
-/// the last descriptor closes, so give it a few seconds.
-fn programs_settle_at(n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if programs_loaded() == n {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -68,7 +45,7 @@ fn population_before_start_matches_ss() -> Result<()> {
     };
     let pop = Population::start_with(POPGEN, &spec, &in_ns(&ns))?;
     ensure!(pop.len() >= 2, "population should span several processes");
-    let before = programs_loaded();
+    let before = netconn_programs();
     let agent = Agent::start_in(Some(&ns), &[])?;
     let seen = agent.assert_matches_ss(SETTLE)?;
     // The population is what we asked for (the agent was compared with ss;
@@ -86,7 +63,7 @@ fn population_before_start_matches_ss() -> Result<()> {
     );
     let status = agent.stop()?;
     ensure!(status.success(), "agent exit: {status}");
-    ensure!(programs_settle_at(before), "program left attached");
+    ensure!(netconn_programs_settle_at(before), "program left attached");
     Ok(())
 }
 
@@ -358,7 +335,7 @@ fn other_namespace_sockets_do_not_count() -> Result<()> {
 fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
     require_root()?;
     let ns = Netns::create("nc-restart")?;
-    let before = programs_loaded();
+    let before = netconn_programs();
     let churn = Population::start_with(
         POPGEN,
         &PopSpec {
@@ -376,14 +353,14 @@ fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
     for _ in 0..3 {
         let agent = Agent::start_in(Some(&ns), &[])?;
         ensure!(
-            programs_settle_at(before + 1),
+            netconn_programs_settle_at(before + 1),
             "agent should attach one program"
         );
         std::thread::sleep(Duration::from_millis(300));
         let status = agent.stop()?;
         ensure!(status.success(), "agent exit under churn: {status}");
         ensure!(
-            programs_settle_at(before),
+            netconn_programs_settle_at(before),
             "program left attached after exit"
         );
     }
@@ -394,7 +371,7 @@ fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
     agent.assert_matches_ss(SETTLE)?;
     agent.stop()?;
     ensure!(
-        programs_settle_at(before),
+        netconn_programs_settle_at(before),
         "program left attached after exit"
     );
     Ok(())

@@ -300,49 +300,22 @@ fn setup() -> anyhow::Result<()> {
         debian.push("tmux");
     }
     if !debian.is_empty() {
-        status(Command::new("apt-get").args(["update", "-qq"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq"])
-                .args(&debian)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(&debian, Recommends::Yes)?;
     }
     if missing.contains(&"monitoring") {
         say(
             "installing icinga2-bin, icinga2-common and nagios4-core (their configuration checks validate the shipped definitions; no daemon is started)",
         );
-        status(Command::new("apt-get").args(["update", "-qq"]))?;
-        status(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "icinga2-bin",
-                    "icinga2-common",
-                    "nagios4-core",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
+        apt_install(
+            &["icinga2-bin", "icinga2-common", "nagios4-core"],
+            Recommends::No,
         )?;
     }
     if missing.contains(&"prometheus") {
         say(&format!(
             "installing {PROMETHEUS_PACKAGE} (server and promtool, for the metrics test; under systemd the package also starts its own service)"
         ));
-        status(Command::new("apt-get").args(["update", "-qq"]))?;
-        status(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    PROMETHEUS_PACKAGE,
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(&[PROMETHEUS_PACKAGE], Recommends::No)?;
     }
     if missing.contains(&"rust-src") {
         say("adding rust-src to the nightly toolchain (the eBPF crate builds core from source)");
@@ -429,15 +402,28 @@ fn install_packaging_tools() -> anyhow::Result<()> {
             "installing {} (for the package and its test)",
             apt.join(", ")
         ));
-        status(Command::new("apt-get").args(["update", "-qq"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&apt)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(&apt, Recommends::No)?;
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recommends {
+    Yes,
+    No,
+}
+
+/// `apt-get update`, then install `packages` non-interactively.
+fn apt_install(packages: &[&str], recommends: Recommends) -> anyhow::Result<()> {
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    if recommends == Recommends::No {
+        install.arg("--no-install-recommends");
+    }
+    status(install.args(packages))
 }
 
 fn cargo() -> Command {

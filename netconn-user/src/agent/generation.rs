@@ -57,6 +57,9 @@ pub(super) trait StreamSwitch {
     fn switch_stream(&self, on: bool) -> Result<(), ProbeError>;
 }
 
+/// Seeding end times an audit shows (see Generation::seed_ends).
+const SEED_ENDS_KEPT: usize = 8;
+
 /// Dumps of one namespace while seeding, at most (see Generation::seed).
 const MAX_SEED_PASSES: u32 = 3;
 
@@ -78,8 +81,9 @@ pub(super) struct Generation {
     pub seeded_at: SystemTime,
     /// What seeding did, over all namespaces.
     report: Mutex<SeedReport>,
-    /// Boot time of the attach, and of the end of each seeding, so that an
-    /// audit can place an entry's `since_ns` (debugging aid).
+    /// Boot time of the attach, and of the end of the last SEED_ENDS_KEPT
+    /// seedings (one per batch of new namespaces, for months), so that an
+    /// audit can place an entry's `since_ns`.
     attached_ns: u64,
     seed_ends: Mutex<Vec<u64>>,
 }
@@ -183,7 +187,13 @@ impl Generation {
     /// Seeding done: closes remove entries again; drop the tombstones.
     pub fn end_seeding(&self) -> Result<(), TrackerError> {
         self.probe.set_seeding(false)?;
-        lock(&self.seed_ends).push(kernel::boot_ns());
+        {
+            let mut ends = lock(&self.seed_ends);
+            if ends.len() == SEED_ENDS_KEPT {
+                ends.remove(0);
+            }
+            ends.push(kernel::boot_ns());
+        }
         let removed = self.probe.remove_tombstones()? as u64;
         lock(&self.report).tombstones_removed += removed;
         Ok(())
@@ -423,13 +433,9 @@ impl Generation {
 
 /// "tcp4 ESTABLISHED" for a family and a kernel TCP state.
 fn describe(family: u8, state: u8) -> String {
-    let family = if family == FAMILY_INET {
-        "tcp4"
-    } else {
-        "tcp6"
-    };
     format!(
-        "{family} {} ({state})",
+        "{} {} ({state})",
+        netconn_common::Family::tcp_of(family).name(),
         netconn_common::State::from_kernel(state).name()
     )
 }

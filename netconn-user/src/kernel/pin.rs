@@ -19,8 +19,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netconn_common::LAYOUT_VERSION;
-
 /// Where `netconn agent --pin` keeps its generation by default.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/netconn";
 
@@ -53,11 +51,6 @@ pub fn staging_dir(dir: &Path) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push("-new");
     dir.with_file_name(name)
-}
-
-/// This build's layout directory.
-pub fn own_dir(root: &Path) -> PathBuf {
-    layout_dir(root, LAYOUT_VERSION)
 }
 
 /// The layout version a directory under the root holds, if it is one.
@@ -116,25 +109,32 @@ fn on_bpffs(path: &Path) -> bool {
     }
 }
 
+/// The bpf_attr of BPF_OBJ_PIN and BPF_OBJ_GET.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+impl ObjAttr {
+    fn new(path: &std::ffi::CStr, bpf_fd: u32) -> ObjAttr {
+        ObjAttr {
+            pathname: path.as_ptr() as u64,
+            bpf_fd,
+            file_flags: 0,
+            path_fd: 0,
+            _pad: 0,
+        }
+    }
+}
+
 /// Pin the bpf object behind `fd` at `path`.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), PinError> {
     let c = cstring(path)?;
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
-    }
-    let attr = Attr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
-    sys_bpf_raw(BPF_OBJ_PIN, &attr)
+    sys_bpf_raw(BPF_OBJ_PIN, &ObjAttr::new(&c, fd.as_raw_fd() as u32))
         .map(drop)
         .map_err(|e| PinError::Io(path.to_path_buf(), e))
 }
@@ -142,22 +142,7 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), PinError> {
 /// Open the bpf object pinned at `path`.
 pub fn obj_get(path: &Path) -> Result<OwnedFd, PinError> {
     let c = cstring(path)?;
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
-    }
-    let attr = Attr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
-    sys_bpf(BPF_OBJ_GET, &attr).map_err(|e| PinError::Io(path.to_path_buf(), e))
+    sys_bpf(BPF_OBJ_GET, &ObjAttr::new(&c, 0)).map_err(|e| PinError::Io(path.to_path_buf(), e))
 }
 
 /// Attach a loaded `tp_btf` program to its tracepoint; the returned link

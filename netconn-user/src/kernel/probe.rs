@@ -95,26 +95,10 @@ pub struct Probe {
     // detaches its program), then maps, then the object.
     /// Attachments: closing one detaches its program, unless it is pinned.
     links: Vec<(&'static str, OwnedFd)>,
-    /// Behind a lock: seeding inserts from namespace threads.
-    socks: Mutex<HashMap<MapData, u64, KernelSock>>,
-    /// Cookies of tombstones the program made (see netconn-ebpf).
-    tombstones: Mutex<Queue<MapData, u64>>,
+    /// The shared maps (from the object, or from pins).
+    maps: Parts,
     /// STAT_TOMBSTONES_LOST when the whole map was last walked for them.
     tombstones_lost_swept: AtomicU64,
-    /// Per namespace slot (see `ns_slot`).
-    counts: PerCpuArray<MapData, NsCounts>,
-    /// Slot -> namespace inode.
-    ns_slots: HashMap<MapData, u32, u32>,
-    /// The Prometheus exporter's source (`transitions`).
-    transitions: PerCpuArray<MapData, u64>,
-    /// Behind a lock: switched by the agent's tasks while queries read counts.
-    control: Mutex<Array<MapData, u32>>,
-    errors: PerCpuArray<MapData, u64>,
-    /// Taken by the stream reader (see [`Probe::take_events`]).
-    events: Mutex<Option<RingBuf<MapData>>>,
-    /// Seeded counts per namespace inode, kept in the kernel for the next
-    /// agent (see SEED_BASE in netconn-ebpf).
-    seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
     /// The change hooks (see [`ChangeHooks`]); None when they could not be
     /// attached. Shared with the generations that replace this one.
     hooks: Option<Arc<ChangeHooks>>,
@@ -250,17 +234,9 @@ impl Probe {
 
         Ok(Probe {
             links,
-            socks: parts.socks,
-            tombstones: parts.tombstones,
+            maps: parts,
             tombstones_lost_swept: AtomicU64::new(0),
             hooks,
-            counts: parts.counts,
-            ns_slots: parts.ns_slots,
-            transitions: parts.transitions,
-            control: parts.control,
-            errors: parts.errors,
-            events: Mutex::new(Some(parts.events)),
-            seed_base: parts.seed_base,
             pinnable,
             prog_fd,
             backup_fd,
@@ -290,11 +266,13 @@ impl Probe {
             ));
             maps.push((name, map));
         }
-        let max_sockets = MapData::from_pin(dir.join("SOCKS"))
-            .and_then(|m| m.info())
-            .map(|info| info.max_entries())
-            .map_err(|e| adopt_err(format!("map SOCKS: {e}")))?;
         let parts = Parts::from_maps(maps)?;
+        let max_sockets = {
+            use aya::maps::IterableMap as _;
+            lock(&parts.socks).map().info()
+        }
+        .map(|info| info.max_entries())
+        .map_err(|e| adopt_err(format!("map SOCKS: {e}")))?;
         let mut fds = [-1; 2];
         for (name, fd) in PROGRAM_NAMES.iter().zip(fds.iter_mut()) {
             let owned = pin::obj_get(&dir.join(format!("prog_{name}")))?;
@@ -311,23 +289,16 @@ impl Probe {
         // Pinned without its change hooks: refresh without them.
         let hooks = ChangeHooks::adopt(dir).map(Arc::new);
         let [prog_fd, backup_fd] = fds;
-        let mut events = parts.events;
         // Transitions from before this agent: nobody asked for them.
-        while events.next().is_some() {}
+        if let Some(events) = lock(&parts.events).as_mut() {
+            while events.next().is_some() {}
+        }
         let probe = Probe {
             links: Vec::new(),
-            socks: parts.socks,
-            tombstones: parts.tombstones,
+            maps: parts,
             // What an earlier agent lost was swept by it or is swept now.
             tombstones_lost_swept: AtomicU64::new(0),
             hooks,
-            counts: parts.counts,
-            ns_slots: parts.ns_slots,
-            transitions: parts.transitions,
-            control: parts.control,
-            errors: parts.errors,
-            events: Mutex::new(Some(events)),
-            seed_base: parts.seed_base,
             pinnable,
             prog_fd,
             backup_fd,
@@ -342,7 +313,7 @@ impl Probe {
     /// Whether the agent that pinned this generation was seeding when it
     /// stopped: then its counts lack what it had not seeded yet.
     pub fn seeding(&self) -> Result<bool, ProbeError> {
-        lock(&self.control)
+        lock(&self.maps.control)
             .get(&CONTROL_SEEDING, 0)
             .map(|v| v != 0)
             .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
@@ -370,7 +341,7 @@ impl Probe {
 
     /// A namespace's seeded counts, as the kernel keeps them.
     pub fn seed_bases(&self) -> Vec<(u32, NsCounts)> {
-        lock(&self.seed_base)
+        lock(&self.maps.seed_base)
             .iter()
             .filter_map(Result::ok)
             .collect()
@@ -378,7 +349,7 @@ impl Probe {
 
     /// Store a namespace's seeded counts in the kernel (for the next agent).
     pub fn set_seed_base(&self, inode: u32, base: &NsCounts) -> Result<(), ProbeError> {
-        lock(&self.seed_base)
+        lock(&self.maps.seed_base)
             .insert(inode, *base, 0)
             .map_err(|e| ProbeError::Map("SEED_BASE", e.to_string()))
     }
@@ -397,7 +368,8 @@ impl Probe {
     }
 
     fn set_control(&self, index: u32, on: bool) -> Result<(), ProbeError> {
-        self.control
+        self.maps
+            .control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set(index, u32::from(on), 0)
@@ -406,7 +378,11 @@ impl Probe {
 
     /// The ring buffer of transitions, for the one reader.
     pub fn take_events(&self) -> Option<RingBuf<MapData>> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.maps
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Insert a dumped socket unless the kernel already has its cookie.
@@ -419,7 +395,7 @@ impl Probe {
             state: entry.state,
             family_flags: KernelSock::family_flags(entry.family, entry.flags),
         };
-        match lock(&self.socks).insert(cookie, kernel, BPF_NOEXIST) {
+        match lock(&self.maps.socks).insert(cookie, kernel, BPF_NOEXIST) {
             Ok(()) => Ok(Insert::Inserted),
             Err(e) => match os_error(&e) {
                 Some(libc::EEXIST) => Ok(Insert::Exists),
@@ -431,7 +407,7 @@ impl Probe {
 
     /// The kernel's entry for a live socket.
     pub fn socket(&self, cookie: u64) -> Option<SockEntry> {
-        lock(&self.socks)
+        lock(&self.maps.socks)
             .get(&cookie, 0)
             .ok()
             .filter(|e| e.flags() != ENTRY_TOMBSTONE)
@@ -448,7 +424,7 @@ impl Probe {
     /// Every live entry of namespace `netns`: (cookie, entry). A full map
     /// walk; for audits after a disagreement, never on a query path.
     pub fn entries_of(&self, netns: u32) -> Vec<(u64, SockEntry)> {
-        lock(&self.socks)
+        lock(&self.maps.socks)
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, e)| e.netns == netns && e.flags() != ENTRY_TOMBSTONE)
@@ -475,9 +451,9 @@ impl Probe {
         // Read before draining: a cookie lost after this read is still a
         // tombstone at the next call, which walks the map then.
         let lost = self.stats()[STAT_TOMBSTONES_LOST as usize];
-        let mut socks = lock(&self.socks);
+        let mut socks = lock(&self.maps.socks);
         let mut removed = 0;
-        let mut queue = lock(&self.tombstones);
+        let mut queue = lock(&self.maps.tombstones);
         loop {
             let cookie = match queue.pop(0) {
                 Ok(cookie) => cookie,
@@ -521,6 +497,7 @@ impl Probe {
         };
         for bank in 0..BANKS {
             let per_cpu = self
+                .maps
                 .counts
                 .get(&(bank * NS_SLOTS_MAX + slot), 0)
                 .map_err(|e| ProbeError::Map("COUNTS", e.to_string()))?;
@@ -538,7 +515,7 @@ impl Probe {
     fn ns_slot(&self, netns: u32) -> Result<Option<u32>, ProbeError> {
         for i in 0..NS_SLOT_PROBES {
             let candidate = ns_slot_probe(netns, i);
-            match self.ns_slots.get(&candidate, 0) {
+            match self.maps.ns_slots.get(&candidate, 0) {
                 Ok(owner) if owner == netns => return Ok(Some(candidate)),
                 Ok(_) => continue,
                 Err(MapError::KeyNotFound) => return Ok(None),
@@ -569,7 +546,8 @@ impl Probe {
     /// a TCP event came from since the program was loaded.
     pub fn namespaces(&self) -> Vec<u32> {
         // NS_SLOTS maps a counter slot to the namespace that took it.
-        self.ns_slots
+        self.maps
+            .ns_slots
             .iter()
             .filter_map(Result::ok)
             .map(|(_, netns)| netns)
@@ -578,11 +556,12 @@ impl Probe {
 
     /// Sockets the kernel side counts in all namespaces (live entries).
     pub fn tracked_total(&self) -> i64 {
-        self.ns_slots
+        self.maps
+            .ns_slots
             .keys()
             .filter_map(Result::ok)
             .flat_map(|slot| (0..BANKS).map(move |bank| bank * NS_SLOTS_MAX + slot))
-            .filter_map(|index| self.counts.get(&index, 0).ok())
+            .filter_map(|index| self.maps.counts.get(&index, 0).ok())
             .map(|per_cpu| {
                 per_cpu
                     .iter()
@@ -600,7 +579,8 @@ impl Probe {
             .filter_map(|cell| {
                 let n: u64 = (0..BANKS)
                     .filter_map(|bank| {
-                        self.transitions
+                        self.maps
+                            .transitions
                             .get(&(bank * TRANSITION_CELLS + cell), 0)
                             .ok()
                     })
@@ -620,7 +600,7 @@ impl Probe {
     pub fn stats(&self) -> [u64; STAT_SLOTS as usize] {
         let mut out = [0u64; STAT_SLOTS as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(per_cpu) = self.errors.get(&(i as u32), 0) {
+            if let Ok(per_cpu) = self.maps.errors.get(&(i as u32), 0) {
                 *slot = per_cpu.iter().sum();
             }
         }
@@ -732,7 +712,8 @@ struct Parts {
     transitions: PerCpuArray<MapData, u64>,
     control: Mutex<Array<MapData, u32>>,
     errors: PerCpuArray<MapData, u64>,
-    events: RingBuf<MapData>,
+    /// Taken by the stream reader (see [`Probe::take_events`]).
+    events: Mutex<Option<RingBuf<MapData>>>,
     seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
 }
 
@@ -755,7 +736,9 @@ impl Parts {
             transitions: PerCpuArray::try_from(take("TRANSITIONS")?).map_err(err("TRANSITIONS"))?,
             control: Mutex::new(Array::try_from(take("CONTROL")?).map_err(err("CONTROL"))?),
             errors: PerCpuArray::try_from(take("STATS")?).map_err(err("STATS"))?,
-            events: RingBuf::try_from(take("EVENTS")?).map_err(err("EVENTS"))?,
+            events: Mutex::new(Some(
+                RingBuf::try_from(take("EVENTS")?).map_err(err("EVENTS"))?,
+            )),
             seed_base: Mutex::new(HashMap::try_from(take("SEED_BASE")?).map_err(err("SEED_BASE"))?),
         })
     }
