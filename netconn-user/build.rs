@@ -36,8 +36,9 @@ fn main() -> anyhow::Result<()> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
     // Kept apart from OUT_DIR's own files (cargo flocks its target dir).
     let target_dir = out_dir.join("ebpf-target");
-    let rustflags =
-        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf");
+    let rustflags = format!(
+        "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Ctarget-cpu=v3"
+    );
     let output = Command::new("rustup")
         .args([
             "run",

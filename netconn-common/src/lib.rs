@@ -9,7 +9,7 @@ extern crate std;
 pub mod model;
 pub use model::{Counts, Family, State};
 
-/// Per-socket entry of the `SOCKS` map, keyed by socket cookie.
+/// A socket's entry as the agent reads it (from a [`SockSlot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockEntry {
@@ -22,28 +22,36 @@ pub struct SockEntry {
     pub state: u8,
     /// [`FAMILY_INET`] or [`FAMILY_INET6`].
     pub family: u8,
-    /// [`ENTRY_LIVE`], [`ENTRY_SEEDED`] or [`ENTRY_TOMBSTONE`].
+    /// [`ENTRY_LIVE`] or [`ENTRY_SEEDED`].
     pub flags: u8,
     pub _pad: u8,
 }
 
-/// Value of the kernel's `SOCKS` map: [`SockEntry`] plus where the socket's
-/// namespace counters are, so that an event needs no namespace lookup. The
-/// agent sees [`SockEntry`]; netconn-user/src/probe.rs converts.
+/// One slot of the kernel's per-socket table (`SOCKS`, an array; and
+/// `SOCKS_SPILL`, a hash keyed by cookie for what the array has no room
+/// for). A socket's slots are the two of its bucket, [`sock_bucket`]: one
+/// cache line, found with no hashing, and cookies are handed out in
+/// sequence, so live sockets rarely share a bucket. The agent sees
+/// [`SockEntry`]; netconn-user/src/kernel/probe.rs converts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelSock {
+pub struct SockSlot {
+    /// The socket's cookie; 0: the slot is free (cookies start at 1).
+    pub cookie: u64,
     pub since_ns: u64,
     pub netns: u32,
-    /// Index into `COUNTS` of `netns`'s counters, or [`NS_SLOT_UNKNOWN`]
-    /// (seeded by the agent: the kernel finds it at the socket's next event).
+    /// Index into `COUNTS` of `netns`'s counters.
     pub ns_slot: u16,
     pub state: u8,
     /// [`FAMILY_INET`] or [`FAMILY_INET6`] in bit 0, ENTRY_* above it.
     pub family_flags: u8,
+    /// In a bucket's first slot only, and not part of its entry: how many
+    /// sockets of this bucket are in `SOCKS_SPILL` (0: no need to look).
+    pub spilled: u32,
+    pub _pad: u32,
 }
 
-impl KernelSock {
+impl SockSlot {
     #[inline(always)]
     pub const fn family(&self) -> u8 {
         self.family_flags & 1
@@ -60,12 +68,33 @@ impl KernelSock {
     }
 }
 
+/// Index of the first of the two `SOCKS` slots of the socket with this
+/// cookie; `slots` is the array's size, a power of two.
+#[inline(always)]
+pub const fn sock_bucket(cookie: u64, slots: u32) -> u32 {
+    (cookie as u32) & (slots - 1) & !1
+}
+
+/// `SOCKS` slots for a table that must hold `max_sockets`: a power of two
+/// at least as large (at least 2). `SOCKS_SPILL` holds
+/// [`spill_capacity`] more for buckets that fill up.
+pub const fn sock_slots(max_sockets: u32) -> u32 {
+    let n = if max_sockets < 2 { 2 } else { max_sockets };
+    n.next_power_of_two()
+}
+
+/// Entries of `SOCKS_SPILL` for a table of `max_sockets`.
+pub const fn spill_capacity(max_sockets: u32) -> u32 {
+    let n = max_sockets / 2;
+    if n < 32 { 32 } else { n }
+}
+
 /// Version of everything `netconn agent --pin` leaves in bpffs: the maps'
 /// names, key and value layouts, sizes and meaning, and the programs'
 /// counting rules. Bump it with any such change: an agent adopts only pins
 /// of its own version (bpffs does not check a reopened map's layout) and
 /// replaces any other. Pins live under `<pin root>/layout-<version>/`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `COUNTS` and `TRANSITIONS` hold two banks: one written only by the
 /// primary program, one only by the backup. The two can nest on one CPU but
@@ -87,9 +116,6 @@ pub const fn ns_slot_probe(netns: u32, i: u32) -> u32 {
     ((netns.wrapping_mul(0x9E37_79B1) >> 20).wrapping_add(i)) & (NS_SLOTS_MAX - 1)
 }
 
-/// [`KernelSock::ns_slot`] not known yet.
-pub const NS_SLOT_UNKNOWN: u16 = u16::MAX;
-
 /// Cells of the `TRANSITIONS` per-CPU array: one per (family, old, new),
 /// at [`transition_cell`].
 pub const TRANSITION_CELLS: u32 = 2 * STATE_SLOTS as u32 * STATE_SLOTS as u32;
@@ -102,12 +128,9 @@ pub const fn transition_cell(family: u8, old: u8, new: u8) -> u32 {
 
 /// The entry tracks a live socket and is counted in `COUNTS`.
 pub const ENTRY_LIVE: u8 = 0;
-/// A live entry inserted by the agent's seed: `since_ns` is when the agent
-/// saw the socket, not when it entered its state.
+/// A live entry made by the seeding iterator: `since_ns` is when the agent
+/// seeded the socket, not when it entered its state.
 pub const ENTRY_SEEDED: u8 = 2;
-/// The socket closed while the agent was seeding: the entry only reserves the
-/// cookie so that a stale dump row cannot bring the socket back. Not counted.
-pub const ENTRY_TOMBSTONE: u8 = 1;
 
 /// Family index used in [`NsCounts`].
 pub const FAMILY_INET: u8 = 0;
@@ -118,8 +141,8 @@ pub const FAMILY_INET6: u8 = 1;
 pub const STATE_SLOTS: usize = 16;
 
 /// Per-CPU TCP counters of one network namespace (value of `COUNTS`, at the
-/// namespace's slot in `NS_SLOTS`). Each CPU holds deltas; the true count is the sum over CPUs
-/// plus what the agent seeded, and any one CPU's value may be negative.
+/// namespace's slot in `NS_SLOTS`). Each CPU holds deltas; the true count is
+/// the sum over CPUs and banks, and any one CPU's value may be negative.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NsCounts {
@@ -139,10 +162,9 @@ pub const fn slot(family: u8, state: u8) -> usize {
 }
 
 /// Indices of the `CONTROL` array map.
-pub const CONTROL_SEEDING: u32 = 0;
 /// Non-zero while at least one watcher wants the transition stream.
-pub const CONTROL_STREAM: u32 = 1;
-pub const CONTROL_SLOTS: u32 = 2;
+pub const CONTROL_STREAM: u32 = 0;
+pub const CONTROL_SLOTS: u32 = 1;
 
 /// Indices of the `STATS` per-CPU array map. The first three make counts
 /// inexact. A per-socket insert failed (map full): that socket is not counted.
@@ -157,16 +179,15 @@ pub const STAT_READ_FAILED: u32 = 2;
 pub const STAT_BACKUP_HANDLED: u32 = 3;
 /// Transitions not streamed because the ring buffer was full.
 pub const STAT_EVENTS_DROPPED: u32 = 4;
-/// Tombstones not noted in `TOMBSTONES` because it was full: the agent then
-/// looks for them through the whole `SOCKS` map.
-pub const STAT_TOMBSTONES_LOST: u32 = 5;
-pub const STAT_SLOTS: u32 = 6;
+pub const STAT_SLOTS: u32 = 5;
 
-/// Capacity of the `TOMBSTONES` queue: cookies of the tombstones made while
-/// seeding, so that the agent removes them without walking `SOCKS` (a
-/// syscall or two per entry: 0.4 s at 250k sockets). Past it the agent
-/// walks the map.
-pub const TOMBSTONE_QUEUE: u32 = 1 << 16;
+/// What the seeding iterator (`netconn_seed`) writes for each full TCP
+/// socket it visits: one byte.
+pub const SEED_INSERTED: u8 = b'+';
+/// The socket had an entry already: an event came first.
+pub const SEED_KNOWN: u8 = b'=';
+/// The socket could not be entered (map full, or its namespace's counters).
+pub const SEED_FAILED: u8 = b'!';
 
 /// One TCP state transition, as streamed through the `EVENTS` ring buffer.
 #[repr(C)]
@@ -208,13 +229,13 @@ pub const EVENT_SINCE_SEEDING: u8 = 4;
 mod user {
     // SAFETY: plain-old-data, no padding, any bit pattern is valid.
     unsafe impl aya::Pod for super::SockEntry {}
-    unsafe impl aya::Pod for super::KernelSock {}
+    unsafe impl aya::Pod for super::SockSlot {}
     unsafe impl aya::Pod for super::NsCounts {}
     unsafe impl aya::Pod for super::StateEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<SockEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelSock>() == 16);
+const _: () = assert!(core::mem::size_of::<SockSlot>() == 32);
 const _: () = assert!(transition_cell(1, 15, 15) < TRANSITION_CELLS);
 const _: () = assert!(NS_SLOTS_MAX == 1 << 12); // ns_slot_probe keeps 12 bits
 const _: () = assert!(core::mem::size_of::<NsCounts>() == 256);

@@ -1,11 +1,13 @@
 //! Kernel side of netconn: keeps a per-socket entry and per-namespace TCP
 //! state counters up to date from `sock:inet_sock_set_state`.
 //!
-//! Counting rule (see ../../shared/KERNEL-NOTES.md, "Seeding without a race"):
-//! an entry that exists moves its count from its recorded state to the new
-//! one; a socket without an entry is counted in its new state only (it is new,
-//! or it predates the agent and was not seeded yet). While the agent seeds, a
-//! close leaves a tombstone so a stale dump row cannot resurrect the socket.
+//! Counting rule: an entry that exists moves its count from its recorded
+//! state to the new one; a socket without an entry is counted in its new
+//! state only (it is new, or it predates the agent and was not seeded yet).
+//! Seeding is `netconn_seed`, an `iter/tcp` program: it visits each socket
+//! under the socket's lock, so no event of that socket can interleave, and
+//! enters the ones without an entry. Invariant: a namespace's counters are
+//! the sum of its live entries, by family and state.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
@@ -17,26 +19,25 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
+        generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_seq_write, bpf_skc_to_tcp_sock},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 // The bpf target has no atomic types with fetch_add; the intrinsic lowers to
 // the BPF atomic add instruction.
 use core::{
     ffi::c_void,
-    intrinsics::{AtomicOrdering, atomic_xadd},
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
     ptr::{read_volatile, write_volatile},
 };
 use netconn_common::{
-    BANKS, CONTROL_SEEDING, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED,
-    ENTRY_TOMBSTONE, EVENT_FIRST_SEEN, EVENT_OWNER, EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6,
-    KernelSock, NS_SLOT_PROBES, NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_BACKUP_HANDLED,
-    STAT_COUNTS_FULL, STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL,
-    STAT_TOMBSTONES_LOST, STATE_SLOTS, StateEvent, TOMBSTONE_QUEUE, TRANSITION_CELLS, model,
-    ns_slot_probe, slot, transition_cell,
+    BANKS, CONTROL_SLOTS, CONTROL_STREAM, ENTRY_LIVE, ENTRY_SEEDED, EVENT_FIRST_SEEN, EVENT_OWNER,
+    EVENT_SINCE_SEEDING, FAMILY_INET, FAMILY_INET6, NS_SLOT_PROBES, NS_SLOTS_MAX, NsCounts,
+    SEED_FAILED, SEED_INSERTED, SEED_KNOWN, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL,
+    STAT_EVENTS_DROPPED, STAT_READ_FAILED, STAT_SLOTS, STAT_SOCKS_FULL, STATE_SLOTS, SockSlot,
+    StateEvent, TRANSITION_CELLS, model, ns_slot_probe, slot, sock_bucket, transition_cell,
 };
 
 const AF_INET: u16 = 2;
@@ -54,6 +55,8 @@ const IPPROTO_TCP: u16 = 6;
 static SK_FAMILY_OFFSET: u64 = 0; // sock_common.skc_family (u16)
 #[unsafe(no_mangle)]
 static SK_PROTOCOL_OFFSET: u64 = 0; // sock.sk_protocol (u16)
+#[unsafe(no_mangle)]
+static SK_STATE_OFFSET: u64 = 0; // sock_common.skc_state (u8)
 #[unsafe(no_mangle)]
 static SK_NET_OFFSET: u64 = 0; // sock_common.skc_net.net (struct net *)
 #[unsafe(no_mangle)]
@@ -73,20 +76,31 @@ static SK_V6_RCV_SADDR_OFFSET: u64 = 0; // sock_common.skc_v6_rcv_saddr
 #[unsafe(no_mangle)]
 static SK_LOCK_OWNED_OFFSET: u64 = 0; // sock.sk_lock.owned (int)
 
-/// Live TCP sockets by cookie. A plain hash map, never LRU: an eviction would
-/// silently lose a socket's count. Size is set by the agent at load time.
-/// Preallocated on purpose: with BPF_F_NO_PREALLOC an insert may refill the
-/// allocator through an irq_work self-IPI, whose exit runs pending softirqs
-/// that fire this tracepoint again on the same CPU; the kernel skips such a
-/// nested run (a lost event). Measured: 750 lost of ~100k while building
-/// 45k connections on loopback without prealloc.
-#[map]
-static SOCKS: HashMap<u64, KernelSock> = HashMap::with_max_entries(1 << 19, 0);
+/// Size of SOCKS (a power of two), set by the agent before load.
+#[unsafe(no_mangle)]
+static SOCK_SLOTS: u32 = 2;
 
-/// Cookies of the tombstones made while seeding, for the agent to remove
-/// when seeding ends without walking SOCKS (see note_tombstone).
+/// BPF_F_MMAPABLE (uapi/linux/bpf.h): the agent reads SOCKS through a
+/// shared mapping instead of a syscall per slot.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Live TCP sockets, two slots per bucket (see SockSlot, sock_bucket). An
+/// array: the lookup is inlined and needs no hashing or bucket lock, and
+/// the few thousand sockets a busy server holds at once sit in a few
+/// hundred KiB (a hash keyed by cookie spread them over its whole bucket
+/// array: a cache miss per event). Size set by the agent at load time.
 #[map]
-static TOMBSTONES: Queue<u64> = Queue::with_max_entries(TOMBSTONE_QUEUE, 0);
+static SOCKS: Array<SockSlot> = Array::with_max_entries(1 << 19, BPF_F_MMAPABLE);
+
+/// Sockets whose bucket was full, by cookie. A plain hash map, never LRU:
+/// an eviction would silently lose a socket's count. Preallocated on
+/// purpose: with BPF_F_NO_PREALLOC an insert may refill the allocator
+/// through an irq_work self-IPI, whose exit runs pending softirqs that fire
+/// this tracepoint again on the same CPU; the kernel skips such a nested
+/// run (a lost event). Measured: 750 lost of ~100k while building 45k
+/// connections on loopback without prealloc. Size set by the agent.
+#[map]
+static SOCKS_SPILL: HashMap<u64, SockSlot> = HashMap::with_max_entries(1 << 18, 0);
 
 /// Per-CPU state counters (deltas, see NsCounts), one entry per namespace
 /// slot. An array, not a hash keyed by namespace: the lookup is inlined by
@@ -100,12 +114,11 @@ static COUNTS: PerCpuArray<NsCounts> = PerCpuArray::with_max_entries(BANKS * NS_
 #[map]
 static NS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
 
-/// Sockets the agent seeded, per namespace inode (slot layout of
-/// NsCounts): the base the kernel's COUNTS deltas add to. Never touched by
-/// the programs; kept in the kernel so that a pinned generation carries it
-/// to the next agent.
+/// Namespaces the agent has seeded (inode -> boot time it finished), so
+/// that a pinned generation tells the next agent which need no seeding.
+/// Never touched by the programs.
 #[map]
-static SEED_BASE: HashMap<u32, NsCounts> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
+static SEEDED: HashMap<u32, u64> = HashMap::with_max_entries(NS_SLOTS_MAX, 0);
 
 /// Counted TCP transitions per (family, old, new), at transition_cell(), for
 /// `netconn_transitions_total`. 512 cells of one per-CPU array: the lookup
@@ -121,7 +134,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Unread bytes in EVENTS at which the reader is woken (about 700 events).
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
-/// Switches set by the agent; index CONTROL_SEEDING is non-zero while seeding.
+/// Switches set by the agent (CONTROL_*).
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
@@ -364,7 +377,7 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(),
 }
 
 /// Move the socket's count to `new` and update its entry. Returns the entry
-/// it had before (for the event's time-in-state), if it had a live one.
+/// it had before (for the event's time-in-state), if it had one.
 #[inline(always)]
 fn track(
     sk: *const c_void,
@@ -373,115 +386,234 @@ fn track(
     new: u8,
     now: u64,
     bank: u32,
-) -> Result<Option<KernelSock>, u32> {
-    let seeding = CONTROL.get(CONTROL_SEEDING).is_some_and(|v| *v != 0);
-    let closing = new == model::TCP_CLOSE;
+) -> Result<Option<SockSlot>, u32> {
     // Always looked up, even for a socket's first event: handling an event
     // twice must leave the counts alone (see netconn_backup).
-    if let Some(done) = update_existing(cookie, family, new, now, bank, seeding)? {
-        return Ok(done);
+    if let Some(found) = find(cookie)? {
+        // SAFETY: our own map value; this socket's transitions (and the
+        // seeding iterator's visit) are serialised by its lock, so nobody
+        // else writes this entry now.
+        let entry = unsafe { &mut *found.entry };
+        let before = *entry;
+        let from = slot(entry.family(), entry.state);
+        if new == model::TCP_CLOSE {
+            count(bank, entry.ns_slot, Some(from), None)?;
+            remove(&found, cookie);
+        } else {
+            count(bank, entry.ns_slot, Some(from), Some(slot(family, new)))?;
+            entry.since_ns = now;
+            entry.state = new;
+            entry.family_flags = SockSlot::family_flags(family, ENTRY_LIVE);
+        }
+        return Ok(Some(before));
     }
-    // No entry. Inserts use NOEXIST: the agent's seed may insert this very
-    // socket between our lookup and our insert (it runs on another CPU). A
-    // blind overwrite would then leave the seeded state counted forever
-    // (seen as a stale FIN_WAIT1 +1 after start-ups under churn); instead
-    // the seeded entry is handled as an existing one.
-    if closing && !seeding {
+    if new == model::TCP_CLOSE {
         return Ok(None);
     }
     let netns = netns_of(sk);
-    if closing {
-        let tomb = KernelSock {
-            family_flags: KernelSock::family_flags(family, ENTRY_TOMBSTONE),
-            ..new_entry(netns, NS_SLOT_UNKNOWN, family, new, now)
-        };
-        if SOCKS.insert(cookie, tomb, BPF_NOEXIST as u64).is_ok() {
-            note_tombstone(cookie);
-            return Ok(None);
-        }
-    } else {
-        let ns_slot = ns_slot_of(netns)?;
-        let entry = new_entry(netns, ns_slot, family, new, now);
-        if SOCKS.insert(cookie, entry, BPF_NOEXIST as u64).is_ok() {
-            count(bank, ns_slot, None, Some(slot(family, new)))?;
-            return Ok(None);
-        }
-    }
-    match update_existing(cookie, family, new, now, bank, seeding)? {
-        Some(done) => Ok(done),
-        None => Err(STAT_SOCKS_FULL),
-    }
-}
-
-/// The transition for a socket that has an entry: `Some(previous live
-/// entry)` when handled, `None` when there is no entry.
-#[inline(always)]
-fn update_existing(
-    cookie: u64,
-    family: u8,
-    new: u8,
-    now: u64,
-    bank: u32,
-    seeding: bool,
-) -> Result<Option<Option<KernelSock>>, u32> {
-    let closing = new == model::TCP_CLOSE;
-    let Some(entry) = SOCKS.get_ptr_mut(cookie) else {
-        return Ok(None);
-    };
-    // SAFETY: pointer to our own map value; this socket's transitions are
-    // serialised by its lock, so nobody else writes this entry now.
-    let entry = unsafe { &mut *entry };
-    let flags = entry.flags();
-    if flags != ENTRY_TOMBSTONE {
-        let before = *entry;
-        let ns_slot = if entry.ns_slot == NS_SLOT_UNKNOWN {
-            // Seeded by the agent, which does not know slots.
-            ns_slot_of(entry.netns)?
-        } else {
-            entry.ns_slot
-        };
-        let from = slot(entry.family(), entry.state);
-        if closing {
-            count(bank, ns_slot, Some(from), None)?;
-            if seeding {
-                entry.family_flags = KernelSock::family_flags(entry.family(), ENTRY_TOMBSTONE);
-                note_tombstone(cookie);
-            } else {
-                let _ = SOCKS.remove(cookie);
-            }
-        } else {
-            count(bank, ns_slot, Some(from), Some(slot(family, new)))?;
-            entry.since_ns = now;
-            entry.ns_slot = ns_slot;
-            entry.state = new;
-            entry.family_flags = KernelSock::family_flags(family, ENTRY_LIVE);
-        }
-        return Ok(Some(Some(before)));
-    }
-    // A tombstone: the socket closed during seeding and is now back
-    // (connect again after a failed connect). Go on as a new socket.
-    if closing {
-        if !seeding {
-            let _ = SOCKS.remove(cookie);
-        }
-        return Ok(Some(None));
-    }
-    let ns_slot = ns_slot_of(entry.netns)?;
-    entry.since_ns = now;
-    entry.ns_slot = ns_slot;
-    entry.state = new;
-    entry.family_flags = KernelSock::family_flags(family, ENTRY_LIVE);
+    let ns_slot = ns_slot_of(netns)?;
+    insert(cookie, netns, ns_slot, family, new, ENTRY_LIVE, now)?;
     count(bank, ns_slot, None, Some(slot(family, new)))?;
-    Ok(Some(None))
+    Ok(None)
 }
 
-/// Tell the agent where a new tombstone is. A full queue is counted: the
-/// agent then walks the whole map for the ones it was not told about.
+/// Where a socket's entry is.
+struct Found {
+    entry: *mut SockSlot,
+    /// The bucket's first slot, when the entry is in SOCKS_SPILL.
+    spilled_from: Option<*mut SockSlot>,
+}
+
+/// The two SOCKS slots of a cookie's bucket.
 #[inline(always)]
-fn note_tombstone(cookie: u64) {
-    if TOMBSTONES.push(cookie, 0).is_err() {
-        bump(STAT_TOMBSTONES_LOST);
+fn bucket(cookie: u64) -> Result<(*mut SockSlot, *mut SockSlot), u32> {
+    // SAFETY: a global the loader filled in (read_volatile: see load()).
+    let slots = unsafe { read_volatile(&SOCK_SLOTS) };
+    let first = sock_bucket(cookie, slots);
+    match (SOCKS.get_ptr_mut(first), SOCKS.get_ptr_mut(first | 1)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(STAT_SOCKS_FULL),
     }
+}
+
+#[inline(always)]
+fn find(cookie: u64) -> Result<Option<Found>, u32> {
+    let (first, second) = bucket(cookie)?;
+    // SAFETY: our own map values. Another CPU may claim or free a slot of
+    // this bucket meanwhile, but only for another cookie: never this one.
+    unsafe {
+        if read_volatile(&raw const (*first).cookie) == cookie {
+            return Ok(Some(Found {
+                entry: first,
+                spilled_from: None,
+            }));
+        }
+        if read_volatile(&raw const (*second).cookie) == cookie {
+            return Ok(Some(Found {
+                entry: second,
+                spilled_from: None,
+            }));
+        }
+        if read_volatile(&raw const (*first).spilled) != 0
+            && let Some(entry) = SOCKS_SPILL.get_ptr_mut(cookie)
+        {
+            return Ok(Some(Found {
+                entry,
+                spilled_from: Some(first),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Enter a socket: a free slot of its bucket, claimed with a compare and
+/// exchange (another CPU may be claiming one for another socket), or else
+/// SOCKS_SPILL.
+#[inline(always)]
+fn insert(
+    cookie: u64,
+    netns: u32,
+    ns_slot: u16,
+    family: u8,
+    state: u8,
+    flags: u8,
+    now: u64,
+) -> Result<(), u32> {
+    let (first, second) = bucket(cookie)?;
+    // SAFETY: our own map values; a claimed slot is ours until we free it.
+    unsafe {
+        for slot in [first, second] {
+            let (_, claimed) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::SeqCst },
+                { AtomicOrdering::SeqCst },
+            >(&raw mut (*slot).cookie, 0, cookie);
+            if claimed {
+                (*slot).since_ns = now;
+                (*slot).netns = netns;
+                (*slot).ns_slot = ns_slot;
+                (*slot).state = state;
+                (*slot).family_flags = SockSlot::family_flags(family, flags);
+                return Ok(());
+            }
+        }
+        // Counted before the insert, so that a lookup never misses it.
+        atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*first).spilled, 1);
+        let entry = SockSlot {
+            cookie,
+            since_ns: now,
+            netns,
+            ns_slot,
+            state,
+            family_flags: SockSlot::family_flags(family, flags),
+            spilled: 0,
+            _pad: 0,
+        };
+        if SOCKS_SPILL
+            .insert(cookie, entry, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(
+                &raw mut (*first).spilled,
+                u32::MAX,
+            );
+            return Err(STAT_SOCKS_FULL);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn remove(found: &Found, cookie: u64) {
+    // SAFETY: our own map values.
+    unsafe {
+        match found.spilled_from {
+            Some(first) => {
+                let _ = SOCKS_SPILL.remove(cookie);
+                atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*first).spilled,
+                    u32::MAX,
+                );
+            }
+            // Last: from here on another socket may claim the slot.
+            None => write_volatile(&raw mut (*found.entry).cookie, 0),
+        }
+    }
+}
+
+/// The seeding iterator: run by the agent in each namespace (reading an
+/// `iter/tcp` iterator made there), once per socket, with full sockets
+/// locked. Enters each full TCP socket that has no entry yet, counted in
+/// its state. One byte per full socket goes to the reader (SEED_*).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn netconn_seed(ctx: *mut c_void) -> i32 {
+    // SAFETY: ctx is a struct bpf_iter__tcp { struct bpf_iter_meta *meta;
+    // struct sock_common *sk_common; uid_t uid; }, and meta->seq comes first
+    // in bpf_iter_meta.
+    let (seq, sk) = unsafe {
+        let meta = read_volatile(ctx as *const *const c_void);
+        (
+            read_volatile(meta as *const *mut c_void),
+            read_volatile((ctx as *const *const c_void).add(1)),
+        )
+    };
+    if sk.is_null() {
+        return 0;
+    }
+    // NULL for timewait and request sockets, which the refresh counts.
+    // SAFETY: a socket pointer from the iterator, non-null.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const c_void;
+    if tp.is_null() {
+        return 0;
+    }
+    let outcome = match try_seed(tp) {
+        Ok(outcome) => outcome,
+        Err(stat) => {
+            bump(stat);
+            SEED_FAILED
+        }
+    };
+    // SAFETY: the iterator's seq_file and one byte of our stack.
+    unsafe { bpf_seq_write(seq.cast(), (&raw const outcome).cast(), 1) };
+    0
+}
+
+#[inline(always)]
+fn try_seed(sk: *const c_void) -> Result<u8, u32> {
+    // SAFETY: typed loads from the iterator's (full, TCP) socket.
+    let (state, af) = unsafe {
+        (
+            load::<u8>(sk, &SK_STATE_OFFSET),
+            load::<u16>(sk, &SK_FAMILY_OFFSET),
+        )
+    };
+    let family = match af {
+        AF_INET => FAMILY_INET,
+        AF_INET6 => FAMILY_INET6,
+        _ => return Err(STAT_READ_FAILED),
+    };
+    let cookie = cookie_of(sk);
+    if state == model::TCP_CLOSE || find(cookie)?.is_some() {
+        return Ok(SEED_KNOWN);
+    }
+    let netns = netns_of(sk);
+    let ns_slot = ns_slot_of(netns)?;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    insert(cookie, netns, ns_slot, family, state, ENTRY_SEEDED, now)?;
+    // The primary's bank, with an atomic add: an iterator can be preempted
+    // (the programs cannot), but the primary's plain adds on this CPU never
+    // straddle an instruction of ours.
+    let counters = COUNTS
+        .get_ptr_mut(PRIMARY * NS_SLOTS_MAX + u32::from(ns_slot))
+        .ok_or(STAT_COUNTS_FULL)?;
+    // SAFETY: this CPU's copy of our map value; index masked.
+    unsafe {
+        let cell = &raw mut (*counters).count[slot(family, state) & (2 * STATE_SLOTS - 1)];
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(cell, 1);
+    }
+    Ok(SEED_INSERTED)
 }
 
 /// Send the transition to the agent's ring buffer (only while someone
@@ -494,7 +626,7 @@ fn emit(
     old: u8,
     new: u8,
     now: u64,
-    previous: Option<KernelSock>,
+    previous: Option<SockSlot>,
 ) {
     let Some(mut slot) = EVENTS.reserve::<StateEvent>(0) else {
         bump(STAT_EVENTS_DROPPED);
@@ -559,17 +691,6 @@ fn emit(
         BPF_RB_NO_WAKEUP
     };
     slot.submit(wake as u64);
-}
-
-#[inline(always)]
-fn new_entry(netns: u32, ns_slot: u16, family: u8, state: u8, now: u64) -> KernelSock {
-    KernelSock {
-        since_ns: now,
-        netns,
-        ns_slot,
-        state,
-        family_flags: KernelSock::family_flags(family, ENTRY_LIVE),
-    }
 }
 
 /// Namespace inode of `sk` (sk->__sk_common.skc_net.net->ns.inum).

@@ -305,20 +305,14 @@ pub struct PinMeta {
 /// What seeding a generation did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SeedReport {
-    /// Full TCP sockets the dump listed.
+    /// Full TCP sockets the seeding iterator visited.
     pub dumped: u64,
-    /// Of those, inserted by the agent.
+    /// Of those, entered and counted by it.
     pub inserted: u64,
     /// Already known to the kernel side (an event came first) or closed.
     pub already_known: u64,
-    /// Could not be inserted: per-socket map full.
+    /// Could not be entered: per-socket map full.
     pub map_full: u64,
-    pub tombstones_removed: u64,
-    /// Dumps of the namespace that needed most: a dump that ran while
-    /// sockets came and went may have skipped one, so seeding dumps again
-    /// (inserting only sockets not seen yet) until one ran undisturbed.
-    #[serde(default)]
-    pub passes: u32,
     pub millis: f64,
 }
 

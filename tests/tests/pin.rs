@@ -139,7 +139,8 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
     agent.assert_matches_ss(SETTLE)?;
     let (_, meta) = agent.counts()?;
     ensure!(
-        meta["pinned"]["adopted"] == false && meta["pinned"]["layout"] == 1,
+        meta["pinned"]["adopted"] == false
+            && meta["pinned"]["layout"] == netconn_common::LAYOUT_VERSION,
         "first agent should attach afresh: {meta}"
     );
     let mut agent = Some(agent);

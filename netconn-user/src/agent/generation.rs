@@ -1,8 +1,8 @@
-//! One generation: a loaded and attached program, its maps, and the sockets
-//! the agent seeded into them, namespace by namespace. Seeding follows the
-//! scheme in KERNEL-NOTES: attach first, then insert every dumped full TCP
-//! socket with NOEXIST so the kernel's own view wins; tombstones stop stale
-//! dump rows. A namespace is dumped from a thread inside it.
+//! One generation: a loaded and attached program, its maps, and the
+//! namespaces seeded into them. Seeding: attach first, then run the kernel's
+//! seeding iterator in each namespace (from a thread inside it), which
+//! enters every full TCP socket that no event entered yet, each under its
+//! socket lock: no event can race it, and running it twice changes nothing.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,8 +12,8 @@ use std::{
 };
 
 use netconn_common::{
-    ENTRY_SEEDED, FAMILY_INET, FAMILY_INET6, NsCounts, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL,
-    STAT_READ_FAILED, STAT_SOCKS_FULL, STATE_SLOTS, SockEntry, slot,
+    FAMILY_INET, FAMILY_INET6, STAT_BACKUP_HANDLED, STAT_COUNTS_FULL, STAT_READ_FAILED,
+    STAT_SOCKS_FULL, STATE_SLOTS, slot,
 };
 
 use crate::{
@@ -21,8 +21,7 @@ use crate::{
         self,
         diag::{self, ALL_STATES, Kind, Proto},
         netns,
-        probe::{ChangeHooks, Insert, Probe, ProbeError},
-        sockstat,
+        probe::{ChangeHooks, Probe, ProbeError},
     },
     proto::SeedReport,
 };
@@ -60,30 +59,26 @@ pub(super) trait StreamSwitch {
 /// Seeding end times an audit shows (see Generation::seed_ends).
 const SEED_ENDS_KEPT: usize = 8;
 
-/// Dumps of one namespace while seeding, at most (see Generation::seed).
-const MAX_SEED_PASSES: u32 = 3;
-
 pub(super) fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
 pub(super) struct Generation {
     pub probe: Probe,
-    /// Sockets the agent seeded, per namespace inode and NsCounts slot; the
-    /// kernel's deltas are added on top. Entries outlive their namespace on
-    /// purpose: a dead namespace's kernel deltas net to zero against its
-    /// base (its sockets all closed, each with an event), so a new namespace
-    /// that reuses the inode inherits nothing. A copy of the kernel's
-    /// SEED_BASE map, which carries it to the next agent when pinned.
-    seed_base: Mutex<HashMap<u32, [i64; 2 * STATE_SLOTS]>>,
+    /// Namespaces seeded into this generation, by inode. Kept after a
+    /// namespace is gone on purpose: its counters net to zero (its sockets
+    /// all closed, each with an event), and a new namespace that reuses the
+    /// inode has only sockets the programs saw from their first event. A
+    /// copy of the kernel's SEEDED map, which carries it to the next agent
+    /// when pinned.
+    seeded: Mutex<HashSet<u32>>,
     /// The layout version of the pinned generation this one adopted.
     pub adopted: Option<u32>,
     pub seeded_at: SystemTime,
     /// What seeding did, over all namespaces.
     report: Mutex<SeedReport>,
     /// Boot time of the attach, and of the end of the last SEED_ENDS_KEPT
-    /// seedings (one per batch of new namespaces, for months), so that an
-    /// audit can place an entry's `since_ns`.
+    /// seedings, so that an audit can place an entry's `since_ns`.
     attached_ns: u64,
     seed_ends: Mutex<Vec<u64>>,
 }
@@ -108,7 +103,7 @@ pub(super) struct Health {
 
 impl Generation {
     /// Attach a fresh program. It counts every namespace at once; seeding
-    /// (on until [`Generation::end_seeding`]) adds what existed before.
+    /// ([`Generation::seed`]) adds what existed before.
     /// The stream switch starts off; the tracker sets it when it installs
     /// the generation (see `tracker::Current::install`).
     pub fn attach(
@@ -134,7 +129,7 @@ impl Generation {
         }
         Ok(Generation {
             probe,
-            seed_base: Mutex::new(HashMap::new()),
+            seeded: Mutex::new(HashSet::new()),
             adopted: None,
             seeded_at: SystemTime::now(),
             report: Mutex::new(SeedReport::default()),
@@ -143,26 +138,14 @@ impl Generation {
         })
     }
 
-    /// Take over the generation an earlier agent pinned at `dir`. Refused
-    /// when that agent stopped while seeding (its counts lack what it had
-    /// not seeded yet).
+    /// Take over the generation an earlier agent pinned at `dir`. A
+    /// namespace that agent had not finished seeding is seeded again.
     pub fn adopt(dir: &Path, layout: u32) -> Result<Generation, TrackerError> {
         let probe = Probe::adopt(dir)?;
-        if probe.seeding()? {
-            return Err(ProbeError::Adopt(
-                dir.to_path_buf(),
-                "its agent stopped while seeding".into(),
-            )
-            .into());
-        }
-        let bases = probe
-            .seed_bases()
-            .into_iter()
-            .map(|(inode, counts)| (inode, counts.count))
-            .collect();
+        let seeded = probe.seeded().into_iter().collect();
         Ok(Generation {
             probe,
-            seed_base: Mutex::new(bases),
+            seeded: Mutex::new(seeded),
             adopted: Some(layout),
             seeded_at: SystemTime::now(),
             report: Mutex::new(SeedReport::default()),
@@ -174,108 +157,42 @@ impl Generation {
     /// Whether a namespace was seeded into this generation (by this agent
     /// or the one that pinned it). One that was not, and existed before
     /// the program was attached, has sockets the kernel side never saw.
-    pub fn has_seed_base(&self, inode: u32) -> bool {
-        lock(&self.seed_base).contains_key(&inode)
+    pub fn is_seeded(&self, inode: u32) -> bool {
+        lock(&self.seeded).contains(&inode)
     }
 
-    /// Closes leave tombstones from now on, so a stale dump row cannot
-    /// bring a closed socket back while namespaces are being seeded.
-    pub fn begin_seeding(&self) -> Result<(), TrackerError> {
-        Ok(self.probe.set_seeding(true)?)
-    }
-
-    /// Seeding done: closes remove entries again; drop the tombstones.
-    pub fn end_seeding(&self) -> Result<(), TrackerError> {
-        self.probe.set_seeding(false)?;
+    /// Enter every full TCP socket of one namespace that the programs have
+    /// not entered yet (the seeding iterator, run from inside it).
+    pub fn seed(&self, target: &SeedTarget) -> Result<SeedReport, TrackerError> {
+        let started = Instant::now();
+        let run = || self.probe.seed_here();
+        let seeded = match target.path {
+            None => run()?,
+            Some(path) => netns::run_in(path, run)??,
+        };
+        let now = kernel::boot_ns();
+        self.probe.mark_seeded(target.inode, now)?;
+        lock(&self.seeded).insert(target.inode);
         {
             let mut ends = lock(&self.seed_ends);
             if ends.len() == SEED_ENDS_KEPT {
                 ends.remove(0);
             }
-            ends.push(kernel::boot_ns());
+            ends.push(now);
         }
-        let removed = self.probe.remove_tombstones()? as u64;
-        lock(&self.report).tombstones_removed += removed;
-        Ok(())
-    }
-
-    /// Insert every full TCP socket of one namespace (between
-    /// [`Generation::begin_seeding`] and [`Generation::end_seeding`]):
-    /// with NOEXIST, so an entry the kernel made first wins.
-    pub fn seed(&self, target: &SeedTarget) -> Result<SeedReport, TrackerError> {
-        let started = Instant::now();
-        let inode = target.inode;
-        let dump_all = || -> Result<(SeedReport, [i64; 2 * STATE_SLOTS]), TrackerError> {
-            let now = kernel::boot_ns();
-            let mut report = SeedReport::default();
-            let mut base = [0i64; 2 * STATE_SLOTS];
-            let mut failure: Option<ProbeError> = None;
-            // A dump under churn can skip a socket; one that changed
-            // nothing (see sockstat::tcp_activity) cannot. So dump again,
-            // inserting only sockets not seen yet, until a dump ran while
-            // the namespace stood still (or MAX_SEED_PASSES).
-            let mut seen: HashSet<u64> = HashSet::new();
-            for pass in 1..=MAX_SEED_PASSES {
-                let before = sockstat::tcp_activity();
-                for (af, family) in [(diag::AF_INET, FAMILY_INET), (diag::AF_INET6, FAMILY_INET6)] {
-                    diag::dump(Proto::Tcp, af, ALL_STATES, |row| {
-                        if row.kind != Kind::Full || failure.is_some() || !seen.insert(row.cookie) {
-                            return;
-                        }
-                        report.dumped += 1;
-                        let entry = SockEntry {
-                            since_ns: now,
-                            netns: inode,
-                            state: row.state,
-                            family,
-                            flags: ENTRY_SEEDED,
-                            _pad: 0,
-                        };
-                        match self.probe.seed(row.cookie, &entry) {
-                            Ok(Insert::Inserted) => {
-                                report.inserted += 1;
-                                base[slot(family, row.state)] += 1;
-                            }
-                            Ok(Insert::Exists) => report.already_known += 1,
-                            Ok(Insert::Full) => report.map_full += 1,
-                            Err(e) => failure = Some(e),
-                        }
-                    })?;
-                }
-                report.passes = pass;
-                let after = sockstat::tcp_activity();
-                if failure.is_some() || (before.is_some() && before == after) {
-                    break;
-                }
-            }
-            match failure {
-                Some(e) => Err(e.into()),
-                None => Ok((report, base)),
-            }
+        let report = SeedReport {
+            dumped: seeded.visited,
+            inserted: seeded.inserted,
+            already_known: seeded.known,
+            map_full: seeded.failed,
+            millis: millis(started.elapsed()),
         };
-        let (mut report, base) = match target.path {
-            None => dump_all()?,
-            Some(path) => netns::run_in(path, dump_all)??,
-        };
-        {
-            // Written even when nothing was inserted: an adopting agent
-            // seeds only the namespaces without a base.
-            let mut bases = lock(&self.seed_base);
-            let cell = bases.entry(inode).or_insert([0; 2 * STATE_SLOTS]);
-            for (c, b) in cell.iter_mut().zip(base) {
-                *c += b;
-            }
-            self.probe
-                .set_seed_base(inode, &NsCounts { count: *cell })?;
-        }
-        report.millis = millis(started.elapsed());
         let mut total = lock(&self.report);
         total.dumped += report.dumped;
         total.inserted += report.inserted;
         total.already_known += report.already_known;
         total.map_full += report.map_full;
         total.millis += report.millis;
-        total.passes = total.passes.max(report.passes);
         Ok(report)
     }
 
@@ -353,16 +270,13 @@ impl Generation {
         if dropped > 0 {
             lines.push(format!("... and {dropped} more"));
         }
-        let deltas = self.probe.tcp_deltas(inode)?;
-        let base = self.seed_base(inode);
+        let counted = self.probe.tcp_deltas(inode)?;
         for (i, want) in by_entries.iter().enumerate() {
-            let counted = base[i] + deltas[i];
-            if counted != *want {
+            if counted[i] != *want {
                 lines.push(format!(
-                    "slot {i} ({}): counted {counted} (seeded {} + kernel {}), entries {want}",
+                    "slot {i} ({}): counted {}, entries {want}",
                     describe((i / STATE_SLOTS) as u8, (i % STATE_SLOTS) as u8),
-                    base[i],
-                    deltas[i]
+                    counted[i]
                 ));
             }
         }
@@ -371,14 +285,6 @@ impl Generation {
 
     fn attached_ns_ago(&self) -> f64 {
         kernel::boot_ns().saturating_sub(self.attached_ns) as f64 / 1e6
-    }
-
-    /// The seeded base of one namespace (zeros if never seeded).
-    pub fn seed_base(&self, inode: u32) -> [i64; 2 * STATE_SLOTS] {
-        lock(&self.seed_base)
-            .get(&inode)
-            .copied()
-            .unwrap_or([0; 2 * STATE_SLOTS])
     }
 
     pub fn report(&self) -> SeedReport {

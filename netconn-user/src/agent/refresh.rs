@@ -188,7 +188,7 @@ impl Tracker {
         // counted every socket since. Seeding again would change nothing.
         let (known, fresh): (Vec<Namespace>, Vec<Namespace>) = fresh
             .into_iter()
-            .partition(|ns| generation.has_seed_base(ns.inode));
+            .partition(|ns| generation.is_seeded(ns.inode));
         for ns in known {
             log::info!(
                 "namespace {} ({}): counted since it was seeded",
@@ -201,10 +201,9 @@ impl Tracker {
         if fresh.is_empty() {
             return Ok(added);
         }
-        generation.begin_seeding()?;
         let mut denied = None;
-        // Namespaces are seeded on two threads at once: each dump walks the
-        // kernel's whole socket table, so hundreds of namespaces take
+        // Namespaces are seeded on two threads at once: each iterator walks
+        // the kernel's whole socket table, so hundreds of namespaces take
         // seconds on one thread.
         let seeded: Vec<(Namespace, Result<crate::proto::SeedReport, TrackerError>)> =
             std::thread::scope(|scope| {
@@ -254,13 +253,9 @@ impl Tracker {
                 }
                 // Gone between the scan and the seed: the next scan decides.
                 Err(TrackerError::Namespace(e)) => log::debug!("{e}"),
-                Err(e) => {
-                    let _ = generation.end_seeding();
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        generation.end_seeding()?;
         if let Some(reason) = denied {
             log::warn!("{reason}");
             *write_lock(&self.limited) = Some(reason);
@@ -527,7 +522,6 @@ impl Tracker {
     fn reseed(&self, cause: Option<u32>) -> Result<(), TrackerError> {
         // The change hooks stay as they are (see probe::ChangeHooks).
         let fresh = Generation::attach(&self.config, self.current.get().probe.hooks())?;
-        fresh.begin_seeding()?;
         let targets: Vec<(u32, Option<std::path::PathBuf>)> = read_lock(&self.namespaces)
             .values()
             .map(|n| (n.inode, n.path.clone()))
@@ -542,7 +536,6 @@ impl Tracker {
                 Err(e) => return Err(e),
             }
         }
-        fresh.end_seeding()?;
         log::info!("re-seeded: {:?}", fresh.report());
         let retired = self.current.get();
         self.current.install(fresh);

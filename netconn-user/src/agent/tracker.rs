@@ -2,8 +2,8 @@
 //! Two sources make one answer:
 //!
 //! * full TCP sockets: event-driven, counted by the eBPF program per
-//!   (netns, family, state), plus the sockets the agent seeded at start-up
-//!   ([`Generation::seed_base`]);
+//!   (netns, family, state), including the sockets its seeding iterator
+//!   entered ([`Generation::seed`]);
 //! * what the tracepoint never shows (timewait socks, request socks, UDP):
 //!   refreshed from a state-filtered sock_diag dump (see `refresh`), and
 //!   every answer says how old that part is.
@@ -247,14 +247,13 @@ impl Tracker {
         inexact: &mut Vec<String>,
     ) -> Counts {
         let mut counts = Counts::default();
-        let base = generation.seed_base(inode);
         match generation.probe.tcp_deltas(inode) {
             Ok(deltas) => {
                 for family_index in [FAMILY_INET, FAMILY_INET6] {
                     let family = Family::tcp_of(family_index);
                     for state in 1..STATE_SLOTS as u8 {
                         let i = slot(family_index, state);
-                        let n = base[i] + deltas[i];
+                        let n = deltas[i];
                         if n < 0 {
                             inexact.push(format!("negative {} count", family.name()));
                         }

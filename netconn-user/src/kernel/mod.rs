@@ -1,5 +1,6 @@
 //! Everything that talks to the kernel, and nothing else: the eBPF program
-//! and its maps (`probe`, with struct offsets from `btf`), sock_diag dumps
+//! and its maps (`probe`, with struct offsets from `btf`; the per-socket
+//! table in `socks`), sock_diag dumps
 //! (`diag`) and the O(1) per-namespace counters (`sockstat`). No policy
 //! lives here: callers decide what a reading means.
 
@@ -8,6 +9,7 @@ pub mod diag;
 pub mod netns;
 pub mod pin;
 pub mod probe;
+pub mod socks;
 pub mod sockstat;
 
 /// Inode of this process's network namespace (what the kernel side keys by).

@@ -27,11 +27,13 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
 
 /// Attach types for BPF_LINK_CREATE (enum bpf_attach_type).
 pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+pub const BPF_TRACE_ITER: u32 = 28;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -188,6 +190,43 @@ pub fn link_create(
         _rest: [0; 6],
     };
     sys_bpf(BPF_LINK_CREATE, &attr)
+}
+
+/// Attach a loaded iterator program (BPF_TRACE_ITER): the link is what
+/// [`iter_create`] makes iterators from.
+pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 6],
+    }
+    let attr = Attr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        _rest: [0; 6],
+    };
+    sys_bpf(BPF_LINK_CREATE, &attr)
+}
+
+/// A new iterator of an iterator link: reading it to EOF runs the program
+/// once per object. A socket iterator walks the network namespace of the
+/// calling thread at this call.
+pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+        flags: u32,
+    }
+    let attr = Attr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    sys_bpf(BPF_ITER_CREATE, &attr)
 }
 
 fn cstring(path: &Path) -> Result<CString, PinError> {

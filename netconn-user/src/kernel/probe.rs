@@ -6,26 +6,24 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, Queue, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter},
 };
 use netconn_common::{
-    BANKS, CONTROL_SEEDING, CONTROL_STREAM, ENTRY_TOMBSTONE, KernelSock, NS_SLOT_PROBES,
-    NS_SLOT_UNKNOWN, NS_SLOTS_MAX, NsCounts, STAT_SLOTS, STAT_TOMBSTONES_LOST, STATE_SLOTS,
-    SockEntry, TRANSITION_CELLS, ns_slot_probe,
+    BANKS, CONTROL_STREAM, NS_SLOT_PROBES, NS_SLOTS_MAX, NsCounts, SEED_FAILED, SEED_INSERTED,
+    SEED_KNOWN, STAT_SLOTS, STATE_SLOTS, SockEntry, SockSlot, TRANSITION_CELLS, ns_slot_probe,
+    sock_slots, spill_capacity,
 };
 
 use crate::kernel::{
     btf::{Btf, BtfError},
     pin::{self, PinError},
+    socks::{SockTable, SocksError},
 };
 
 /// The compiled eBPF object, built by build.rs with aya-build.
@@ -35,19 +33,20 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// first so that it runs first for each event (see netconn-ebpf).
 const PROGRAM_NAMES: [&str; 2] = ["netconn_state", "netconn_backup"];
 const TRACEPOINT: &str = "inet_sock_set_state";
-/// bpf_map_update_elem flag: fail if the key exists (uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+/// The seeding iterator (see netconn-ebpf) and the kernel iterator it runs on.
+const SEED_PROGRAM: &str = "netconn_seed";
+const SEED_ITERATOR: &str = "tcp";
 /// Maps the agent reads or writes, pinned and adopted by these names.
 const SHARED_MAPS: [&str; 9] = [
     "SOCKS",
-    "TOMBSTONES",
+    "SOCKS_SPILL",
     "COUNTS",
     "NS_SLOTS",
     "TRANSITIONS",
     "CONTROL",
     "STATS",
     "EVENTS",
-    "SEED_BASE",
+    "SEEDED",
 ];
 /// The change hooks' map (see [`ChangeHooks`]).
 const CHANGES_MAP: &str = "NS_CHANGES";
@@ -74,20 +73,25 @@ pub enum ProbeError {
     Load(String),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+    #[error(transparent)]
+    Socks(#[from] SocksError),
     #[error("pinning: {0}")]
     Pin(#[from] PinError),
     #[error("cannot adopt {0}: {1}")]
     Adopt(PathBuf, String),
 }
 
-/// What a socket insert from userspace did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Insert {
-    Inserted,
-    /// The kernel already has an entry (or a tombstone) for the cookie.
-    Exists,
-    /// The map is full.
-    Full,
+/// What one run of the seeding iterator did, in full TCP sockets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    /// Sockets it visited.
+    pub visited: u64,
+    /// Of those, entered and counted.
+    pub inserted: u64,
+    /// Already had an entry (an event came first).
+    pub known: u64,
+    /// Could not be entered (map full): not counted.
+    pub failed: u64,
 }
 
 pub struct Probe {
@@ -97,8 +101,8 @@ pub struct Probe {
     links: Vec<(&'static str, OwnedFd)>,
     /// The shared maps (from the object, or from pins).
     maps: Parts,
-    /// STAT_TOMBSTONES_LOST when the whole map was last walked for them.
-    tombstones_lost_swept: AtomicU64,
+    /// The seeding iterator's link: iterators are made from it.
+    seed_link: OwnedFd,
     /// The change hooks (see [`ChangeHooks`]); None when they could not be
     /// attached. Shared with the generations that replace this one.
     hooks: Option<Arc<ChangeHooks>>,
@@ -114,8 +118,7 @@ pub struct Probe {
 
 impl Probe {
     /// Load and attach. The program starts counting at once; the caller
-    /// seeds pre-existing sockets afterwards (`seeding` is on until
-    /// [`Probe::set_seeding`] turns it off).
+    /// seeds pre-existing sockets afterwards ([`Probe::seed_here`]).
     ///
     /// `hooks`: the change hooks of the generation this one replaces, kept
     /// as they are; None attaches this object's own, before the tracepoint
@@ -135,9 +138,10 @@ impl Probe {
             return Err(ProbeError::NoTracepoint);
         }
         // (global in the eBPF object, struct, member path)
-        let offsets: [(&str, &str, &[&str]); 11] = [
+        let offsets: [(&str, &str, &[&str]); 12] = [
             ("SK_FAMILY_OFFSET", "sock_common", &["skc_family"]),
             ("SK_PROTOCOL_OFFSET", "sock", &["sk_protocol"]),
+            ("SK_STATE_OFFSET", "sock_common", &["skc_state"]),
             ("SK_NET_OFFSET", "sock_common", &["skc_net", "net"]),
             ("NET_INUM_OFFSET", "net", &["ns", "inum"]),
             ("SK_DADDR_OFFSET", "sock_common", &["skc_daddr"]),
@@ -152,20 +156,23 @@ impl Probe {
             ),
             ("SK_LOCK_OWNED_OFFSET", "sock", &["sk_lock", "owned"]),
         ];
-        let mut values = [0u64; 11];
+        let mut values = [0u64; 12];
         for ((_, strukt, path), value) in offsets.iter().zip(values.iter_mut()) {
             *value = u64::from(btf.offset_of(strukt, path)?);
         }
 
+        let slots = sock_slots(max_sockets);
         let aya_btf = AyaBtf::from_sys_fs().map_err(|e| ProbeError::Load(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
-            .map_max_entries("SOCKS", max_sockets)
+            .map_max_entries("SOCKS", slots)
+            .map_max_entries("SOCKS_SPILL", spill_capacity(max_sockets))
             .map_max_entries("EVENTS", ring_bytes);
         for ((global, _, _), value) in offsets.iter().zip(values.iter()) {
             loader.override_global(global, value, true);
         }
+        loader.override_global("SOCK_SLOTS", &slots, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| classify(&e))?;
 
         // Every shared map, with a descriptor kept for pinning.
@@ -182,9 +189,6 @@ impl Probe {
             maps.push((name, map));
         }
         let parts = Parts::from_maps(maps)?;
-        lock(&parts.control)
-            .set(CONTROL_SEEDING, 1, 0)
-            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
 
         // Verify both programs before attaching either, so the primary runs
         // without its backup for microseconds, not for a verifier run.
@@ -203,6 +207,18 @@ impl Probe {
             *fd = owned.as_raw_fd();
             pinnable.push((format!("prog_{name}"), owned));
         }
+        let seed_link = {
+            let program: &mut Iter = ebpf
+                .program_mut(SEED_PROGRAM)
+                .ok_or_else(|| ProbeError::Load(format!("program {SEED_PROGRAM} missing")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
+            program
+                .load(SEED_ITERATOR, &aya_btf)
+                .map_err(|e| classify(&e))?;
+            let fd = program.fd().map_err(|e| ProbeError::Load(e.to_string()))?;
+            pin::iter_link_create(fd.as_fd()).map_err(|e| classify(&e))?
+        };
         let own_changes = ebpf
             .take_map(CHANGES_MAP)
             .ok_or_else(|| ProbeError::Map(CHANGES_MAP, "missing from the object".into()))?;
@@ -235,7 +251,7 @@ impl Probe {
         Ok(Probe {
             links,
             maps: parts,
-            tombstones_lost_swept: AtomicU64::new(0),
+            seed_link,
             hooks,
             pinnable,
             prog_fd,
@@ -267,18 +283,14 @@ impl Probe {
             maps.push((name, map));
         }
         let parts = Parts::from_maps(maps)?;
-        let max_sockets = {
-            use aya::maps::IterableMap as _;
-            lock(&parts.socks).map().info()
-        }
-        .map(|info| info.max_entries())
-        .map_err(|e| adopt_err(format!("map SOCKS: {e}")))?;
+        let max_sockets = parts.socks.slots();
         let mut fds = [-1; 2];
         for (name, fd) in PROGRAM_NAMES.iter().zip(fds.iter_mut()) {
             let owned = pin::obj_get(&dir.join(format!("prog_{name}")))?;
             *fd = owned.as_raw_fd();
             pinnable.push((format!("prog_{name}"), owned));
         }
+        let seed_link = pin::obj_get(&dir.join(format!("link_{SEED_PROGRAM}")))?;
         // Links stay attached through their pins; the agent holds none.
         for name in PROGRAM_NAMES {
             let path = dir.join(format!("link_{name}"));
@@ -296,8 +308,7 @@ impl Probe {
         let probe = Probe {
             links: Vec::new(),
             maps: parts,
-            // What an earlier agent lost was swept by it or is swept now.
-            tombstones_lost_swept: AtomicU64::new(0),
+            seed_link,
             hooks,
             pinnable,
             prog_fd,
@@ -308,15 +319,6 @@ impl Probe {
         };
         probe.set_streaming(false)?;
         Ok(probe)
-    }
-
-    /// Whether the agent that pinned this generation was seeding when it
-    /// stopped: then its counts lack what it had not seeded yet.
-    pub fn seeding(&self) -> Result<bool, ProbeError> {
-        lock(&self.maps.control)
-            .get(&CONTROL_SEEDING, 0)
-            .map(|v| v != 0)
-            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
     }
 
     /// Pin this generation's maps, programs and links at `dir` so that it
@@ -332,6 +334,10 @@ impl Probe {
         for (name, fd) in &self.links {
             pin::obj_pin(fd.as_fd(), &staging.join(format!("link_{name}")))?;
         }
+        pin::obj_pin(
+            self.seed_link.as_fd(),
+            &staging.join(format!("link_{SEED_PROGRAM}")),
+        )?;
         if let Some(hooks) = &self.hooks {
             hooks.pin(&staging)?;
         }
@@ -339,27 +345,54 @@ impl Probe {
         Ok(())
     }
 
-    /// A namespace's seeded counts, as the kernel keeps them.
-    pub fn seed_bases(&self) -> Vec<(u32, NsCounts)> {
-        lock(&self.maps.seed_base)
-            .iter()
+    /// Namespaces seeded into this generation (by this agent or the one
+    /// that pinned it), as the kernel keeps them.
+    pub fn seeded(&self) -> Vec<u32> {
+        lock(&self.maps.seeded)
+            .keys()
             .filter_map(Result::ok)
             .collect()
     }
 
-    /// Store a namespace's seeded counts in the kernel (for the next agent).
-    pub fn set_seed_base(&self, inode: u32, base: &NsCounts) -> Result<(), ProbeError> {
-        lock(&self.maps.seed_base)
-            .insert(inode, *base, 0)
-            .map_err(|e| ProbeError::Map("SEED_BASE", e.to_string()))
+    /// Note in the kernel that a namespace is seeded (for the next agent).
+    pub fn mark_seeded(&self, inode: u32, at_ns: u64) -> Result<(), ProbeError> {
+        lock(&self.maps.seeded)
+            .insert(inode, at_ns, 0)
+            .map_err(|e| ProbeError::Map("SEEDED", e.to_string()))
+    }
+
+    /// Seed the network namespace of the calling thread: run the seeding
+    /// iterator over its TCP sockets. Sockets that have an entry are left
+    /// alone, so running it again is harmless.
+    pub fn seed_here(&self) -> Result<Seeded, ProbeError> {
+        use std::io::Read as _;
+        let err = |e: io::Error| ProbeError::Map("SOCKS", format!("seeding iterator: {e}"));
+        let mut iter = std::fs::File::from(pin::iter_create(self.seed_link.as_fd()).map_err(err)?);
+        let mut seeded = Seeded::default();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match iter.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                // The kernel restarts a batch it could not finish.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(err(e)),
+            };
+            for byte in &buf[..n] {
+                seeded.visited += 1;
+                match *byte {
+                    SEED_INSERTED => seeded.inserted += 1,
+                    SEED_KNOWN => seeded.known += 1,
+                    SEED_FAILED => seeded.failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(seeded)
     }
 
     pub fn max_sockets(&self) -> u32 {
         self.max_sockets
-    }
-
-    pub fn set_seeding(&self, on: bool) -> Result<(), ProbeError> {
-        self.set_control(CONTROL_SEEDING, on)
     }
 
     /// Turn the transition stream on or off (on while someone watches).
@@ -385,107 +418,22 @@ impl Probe {
             .take()
     }
 
-    /// Insert a dumped socket unless the kernel already has its cookie.
-    pub fn seed(&self, cookie: u64, entry: &SockEntry) -> Result<Insert, ProbeError> {
-        // The kernel finds the namespace's counter slot at the next event.
-        let kernel = KernelSock {
-            since_ns: entry.since_ns,
-            netns: entry.netns,
-            ns_slot: NS_SLOT_UNKNOWN,
-            state: entry.state,
-            family_flags: KernelSock::family_flags(entry.family, entry.flags),
-        };
-        match lock(&self.maps.socks).insert(cookie, kernel, BPF_NOEXIST) {
-            Ok(()) => Ok(Insert::Inserted),
-            Err(e) => match os_error(&e) {
-                Some(libc::EEXIST) => Ok(Insert::Exists),
-                Some(libc::E2BIG) | Some(libc::ENOMEM) => Ok(Insert::Full),
-                _ => Err(ProbeError::Map("SOCKS", e.to_string())),
-            },
-        }
-    }
-
     /// The kernel's entry for a live socket.
     pub fn socket(&self, cookie: u64) -> Option<SockEntry> {
-        lock(&self.maps.socks)
-            .get(&cookie, 0)
-            .ok()
-            .filter(|e| e.flags() != ENTRY_TOMBSTONE)
-            .map(|e| SockEntry {
-                since_ns: e.since_ns,
-                netns: e.netns,
-                state: e.state,
-                family: e.family(),
-                flags: e.flags(),
-                _pad: 0,
-            })
+        self.maps.socks.get(cookie).map(|e| entry_of(&e))
     }
 
-    /// Every live entry of namespace `netns`: (cookie, entry). A full map
-    /// walk; for audits after a disagreement, never on a query path.
+    /// Every live entry of namespace `netns`: (cookie, entry). A walk of
+    /// the whole table; for audits after a disagreement, never on a query
+    /// path.
     pub fn entries_of(&self, netns: u32) -> Vec<(u64, SockEntry)> {
-        lock(&self.maps.socks)
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, e)| e.netns == netns && e.flags() != ENTRY_TOMBSTONE)
-            .map(|(cookie, e)| {
-                (
-                    cookie,
-                    SockEntry {
-                        since_ns: e.since_ns,
-                        netns: e.netns,
-                        state: e.state,
-                        family: e.family(),
-                        flags: e.flags(),
-                        _pad: 0,
-                    },
-                )
-            })
+        self.maps
+            .socks
+            .live()
+            .into_iter()
+            .filter(|e| e.netns == netns)
+            .map(|e| (e.cookie, entry_of(&e)))
             .collect()
-    }
-
-    /// Drop the tombstones left by closes during seeding (call with seeding
-    /// off). Returns how many. The program notes each one's cookie in a
-    /// queue; the whole map is walked only when that queue overflowed.
-    pub fn remove_tombstones(&self) -> Result<usize, ProbeError> {
-        // Read before draining: a cookie lost after this read is still a
-        // tombstone at the next call, which walks the map then.
-        let lost = self.stats()[STAT_TOMBSTONES_LOST as usize];
-        let mut socks = lock(&self.maps.socks);
-        let mut removed = 0;
-        let mut queue = lock(&self.maps.tombstones);
-        loop {
-            let cookie = match queue.pop(0) {
-                Ok(cookie) => cookie,
-                Err(MapError::ElementNotFound) => break,
-                Err(e) => return Err(ProbeError::Map("TOMBSTONES", e.to_string())),
-            };
-            // Only if still a tombstone: the socket may have connected again
-            // since (a live entry), or be noted twice (closed, reconnected
-            // and closed again while seeding).
-            let tombstone = socks
-                .get(&cookie, 0)
-                .is_ok_and(|e| e.flags() == ENTRY_TOMBSTONE);
-            if tombstone && socks.remove(&cookie).is_ok() {
-                removed += 1;
-            }
-        }
-        if lost > self.tombstones_lost_swept.load(Ordering::Relaxed) {
-            let tombstones: Vec<u64> = socks
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, entry)| entry.flags() == ENTRY_TOMBSTONE)
-                .map(|(cookie, _)| cookie)
-                .collect();
-            for cookie in &tombstones {
-                // A socket may have been destroyed-and-removed meanwhile: fine.
-                if socks.remove(cookie).is_ok() {
-                    removed += 1;
-                }
-            }
-            self.tombstones_lost_swept.store(lost, Ordering::Relaxed);
-        }
-        Ok(removed)
     }
 
     /// Summed per-CPU TCP counter deltas of one namespace (slot layout of
@@ -703,10 +651,20 @@ fn attach_change_hooks(ebpf: &mut Ebpf, changes: Map) -> Result<ChangeHooks, Pro
     })
 }
 
+fn entry_of(e: &SockSlot) -> SockEntry {
+    SockEntry {
+        since_ns: e.since_ns,
+        netns: e.netns,
+        state: e.state,
+        family: e.family(),
+        flags: e.flags(),
+        _pad: 0,
+    }
+}
+
 /// The typed shared maps, from the object or from pins.
 struct Parts {
-    socks: Mutex<HashMap<MapData, u64, KernelSock>>,
-    tombstones: Mutex<Queue<MapData, u64>>,
+    socks: SockTable,
     counts: PerCpuArray<MapData, NsCounts>,
     ns_slots: HashMap<MapData, u32, u32>,
     transitions: PerCpuArray<MapData, u64>,
@@ -714,7 +672,7 @@ struct Parts {
     errors: PerCpuArray<MapData, u64>,
     /// Taken by the stream reader (see [`Probe::take_events`]).
     events: Mutex<Option<RingBuf<MapData>>>,
-    seed_base: Mutex<HashMap<MapData, u32, NsCounts>>,
+    seeded: Mutex<HashMap<MapData, u32, u64>>,
 }
 
 impl Parts {
@@ -727,10 +685,7 @@ impl Parts {
         };
         let err = |name: &'static str| move |e: MapError| ProbeError::Map(name, e.to_string());
         Ok(Parts {
-            socks: Mutex::new(HashMap::try_from(take("SOCKS")?).map_err(err("SOCKS"))?),
-            tombstones: Mutex::new(
-                Queue::try_from(take("TOMBSTONES")?).map_err(err("TOMBSTONES"))?,
-            ),
+            socks: SockTable::new(take("SOCKS")?, take("SOCKS_SPILL")?)?,
             counts: PerCpuArray::try_from(take("COUNTS")?).map_err(err("COUNTS"))?,
             ns_slots: HashMap::try_from(take("NS_SLOTS")?).map_err(err("NS_SLOTS"))?,
             transitions: PerCpuArray::try_from(take("TRANSITIONS")?).map_err(err("TRANSITIONS"))?,
@@ -739,7 +694,7 @@ impl Parts {
             events: Mutex::new(Some(
                 RingBuf::try_from(take("EVENTS")?).map_err(err("EVENTS"))?,
             )),
-            seed_base: Mutex::new(HashMap::try_from(take("SEED_BASE")?).map_err(err("SEED_BASE"))?),
+            seeded: Mutex::new(HashMap::try_from(take("SEEDED")?).map_err(err("SEEDED"))?),
         })
     }
 }
@@ -747,9 +702,7 @@ impl Parts {
 /// A descriptor of a map's own (for pinning it later).
 fn map_fd(map: &Map) -> io::Result<OwnedFd> {
     let data = match map {
-        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::Queue(d) => {
-            d
-        }
+        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
         _ => return Err(io::Error::other("unexpected map type")),
     };
     data.fd().as_fd().try_clone_to_owned()
