@@ -204,6 +204,13 @@ fn one_big_namespace(popgen: &Path, args: &NetnsBenchArgs) -> Result<Report> {
     agent.assert_matches_ss(Duration::from_secs(120))?;
     let rest_cpu_pct = cpu_at_rest(&agent, args.rest_seconds)?;
     let (_, meta) = agent.counts()?;
+    for line in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("ready in") || l.contains("attach:"))
+    {
+        eprintln!("agent log: {line}");
+    }
     agent.stop()?;
     Ok(Report {
         title: format!("one namespace of {} sockets", spec.total_sockets()),

@@ -199,6 +199,7 @@ impl Tracker {
     /// Attach, find and seed every namespace, take the first refresh. On
     /// return the tracker answers.
     pub fn start(config: Config) -> Result<Tracker, TrackerError> {
+        let started = std::time::Instant::now();
         let own = kernel::own_netns().map_err(TrackerError::Netns)?;
         let host = netns::initial();
         let (generation, pin) = match &config.pin_root {
@@ -227,10 +228,20 @@ impl Tracker {
             stop: AtomicBool::new(false),
             pin: RwLock::new(pin),
         };
+        let attached = started.elapsed();
         tracker.discover_and_seed(&tracker.current.get())?;
+        let seeded = started.elapsed();
         tracker.refresh_all();
+        let refreshed = started.elapsed();
         tracker.pin_current()?;
         kernel::release_freed_memory();
+        log::info!(
+            "ready in {:.0} ms: programs loaded and attached {:.0} ms, namespaces seeded {:.0} ms, first refresh {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3,
+            attached.as_secs_f64() * 1e3,
+            (seeded - attached).as_secs_f64() * 1e3,
+            (refreshed - seeded).as_secs_f64() * 1e3,
+        );
         Ok(tracker)
     }
 
