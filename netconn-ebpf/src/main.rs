@@ -316,8 +316,10 @@ fn cookie_of(sk: *const c_void) -> u64 {
 const PRIMARY: u32 = 0;
 const BACKUP: u32 = 1;
 
-/// An event the kernel skipped the primary for: handle it here.
-#[inline(always)]
+/// An event the kernel skipped the primary for: handle it here. Not
+/// inlined, so that the backup's common path (a claim popped) is a few
+/// contiguous instructions.
+#[inline(never)]
 fn handle_unclaimed(sk: *const c_void, old: i32, new: i32) -> i32 {
     bump(STAT_BACKUP_HANDLED);
     if !sk.is_null()
@@ -371,7 +373,23 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(),
         unsafe { *n += 1 };
     }
     if streaming {
-        emit(sk, cookie, family, old as u8, new as u8, now, previous);
+        let (in_state_ns, flags) = match previous {
+            Some(p) if p.flags() == ENTRY_SEEDED => {
+                (now.saturating_sub(p.since_ns), EVENT_SINCE_SEEDING)
+            }
+            Some(p) => (now.saturating_sub(p.since_ns), 0),
+            None => (0, EVENT_FIRST_SEEN),
+        };
+        let stream = Stream {
+            cookie,
+            in_state_ns,
+            now,
+            family,
+            old: old as u8,
+            new: new as u8,
+            flags,
+        };
+        emit(sk, &stream);
     }
     Ok(())
 }
@@ -616,29 +634,37 @@ fn try_seed(sk: *const c_void) -> Result<u8, u32> {
     Ok(SEED_INSERTED)
 }
 
-/// Send the transition to the agent's ring buffer (only while someone
-/// watches). A full ring is counted, never silent.
-#[inline(always)]
-fn emit(
-    sk: *const c_void,
+/// What [`emit`] streams besides the socket's own fields.
+#[derive(Clone, Copy)]
+struct Stream {
     cookie: u64,
+    in_state_ns: u64,
+    now: u64,
     family: u8,
     old: u8,
     new: u8,
-    now: u64,
-    previous: Option<SockSlot>,
-) {
+    flags: u8,
+}
+
+/// Send the transition to the agent's ring buffer (only while someone
+/// watches). A full ring is counted, never silent. A function of its own
+/// (a BPF-to-BPF call), not inlined: the counting path stays short and
+/// contiguous, and only watchers pay for this.
+#[inline(never)]
+fn emit(sk: *const c_void, stream: &Stream) {
     let Some(mut slot) = EVENTS.reserve::<StateEvent>(0) else {
         bump(STAT_EVENTS_DROPPED);
         return;
     };
-    let (in_state_ns, mut flags) = match previous {
-        Some(p) if p.flags() == ENTRY_SEEDED => {
-            (now.saturating_sub(p.since_ns), EVENT_SINCE_SEEDING)
-        }
-        Some(p) => (now.saturating_sub(p.since_ns), 0),
-        None => (0, EVENT_FIRST_SEEN),
-    };
+    let Stream {
+        cookie,
+        in_state_ns,
+        now,
+        family,
+        old,
+        new,
+        mut flags,
+    } = *stream;
     let mut event = StateEvent {
         ts_ns: now,
         cookie,
