@@ -158,10 +158,9 @@ static TICK: PerCpuArray<Tick> = PerCpuArray::with_max_entries(1, 0);
 /// on these machines; this reads it once per jiffy per CPU (every ~200
 /// events under load) and otherwise reuses that reading. A nested run may
 /// see a half-written Tick: the time is then one jiffy off, no more.
+/// `jiffies`: the caller's reading of bpf_jiffies64().
 #[inline(always)]
-fn tick_time() -> u64 {
-    // SAFETY: no preconditions.
-    let jiffies = unsafe { bpf_jiffies64() };
+fn tick_time(jiffies: u64) -> u64 {
     let Some(tick) = TICK.get_ptr_mut(0) else {
         // SAFETY: no preconditions.
         return unsafe { bpf_ktime_get_boot_ns() };
@@ -223,8 +222,11 @@ static CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 0);
 pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the arguments are those of trace_inet_sock_set_state(sk, old, new).
     let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    // One reading for the entry's time and the claim's age.
+    // SAFETY: no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
     if !sk.is_null()
-        && let Err(stat) = try_set_state(sk, old, new, PRIMARY)
+        && let Err(stat) = try_set_state(sk, old, new, PRIMARY, jiffies)
     {
         bump(stat);
     }
@@ -239,7 +241,6 @@ pub fn netconn_state(ctx: BtfTracePointContext) -> i32 {
         // stale, only holds claims nobody will pop (see CLAIM_TTL_JIFFIES):
         // start over, so that they cannot match a later event.
         unsafe {
-            let jiffies = bpf_jiffies64();
             let depth = read_volatile(&raw const (*claims).depth);
             let index = if depth >= CLAIM_SLOTS as u64
                 || (depth > 0
@@ -323,7 +324,8 @@ const BACKUP: u32 = 1;
 fn handle_unclaimed(sk: *const c_void, old: i32, new: i32) -> i32 {
     bump(STAT_BACKUP_HANDLED);
     if !sk.is_null()
-        && let Err(stat) = try_set_state(sk, old, new, BACKUP)
+        // SAFETY: no preconditions.
+        && let Err(stat) = try_set_state(sk, old, new, BACKUP, unsafe { bpf_jiffies64() })
     {
         bump(stat);
     }
@@ -336,7 +338,13 @@ fn transition(old: i32, new: i32) -> u64 {
 }
 
 #[inline(always)]
-fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(), u32> {
+fn try_set_state(
+    sk: *const c_void,
+    old: i32,
+    new: i32,
+    bank: u32,
+    jiffies: u64,
+) -> Result<(), u32> {
     if old == new {
         return Ok(());
     }
@@ -364,7 +372,7 @@ fn try_set_state(sk: *const c_void, old: i32, new: i32, bank: u32) -> Result<(),
         // SAFETY: no preconditions.
         unsafe { bpf_ktime_get_boot_ns() }
     } else {
-        tick_time()
+        tick_time(jiffies)
     };
     let previous = track(sk, cookie, family, new as u8, now, bank)?;
     let cell = bank * TRANSITION_CELLS + transition_cell(family, old as u8, new as u8);
