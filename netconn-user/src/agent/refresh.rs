@@ -18,8 +18,8 @@ use super::{
     generation::{Generation, millis},
     naming,
     tracker::{
-        Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, read_lock,
-        sockstat_of, sockstats_of, write_lock,
+        Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, forget_sockstat,
+        read_lock, sockstat_of, sockstats_of, write_lock,
     },
 };
 use crate::kernel::{
@@ -165,6 +165,7 @@ impl Tracker {
                 if let Some(ns) = namespaces.remove(inode) {
                     log::info!("network namespace {} ({inode}) is gone", ns.name);
                 }
+                forget_sockstat(*inode);
             }
             self.names_version.fetch_add(1, Ordering::Relaxed);
         }

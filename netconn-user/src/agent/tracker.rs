@@ -645,54 +645,72 @@ fn sockstats<'a>(namespaces: impl Iterator<Item = &'a Namespace>) -> HashMap<u32
     sockstats_of(namespaces.map(|ns| (ns.inode, ns.path.as_deref(), ns.pid)))
 }
 
+/// Each namespace's sockstat files, opened once (see [`sockstat::Files`]),
+/// by inode; dropped by [`forget_sockstat`] when the namespace is gone. One
+/// table for the process: an inode names one live namespace at a time, and
+/// an open file keeps its namespace, and so its inode, alive.
+static SOCKSTAT_FILES: std::sync::LazyLock<std::sync::Mutex<HashMap<u32, Arc<sockstat::Files>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Close a gone namespace's sockstat files (which keep it alive).
+pub(super) fn forget_sockstat(inode: u32) {
+    lock_files().remove(&inode);
+}
+
+fn lock_files() -> std::sync::MutexGuard<'static, HashMap<u32, Arc<sockstat::Files>>> {
+    SOCKSTAT_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A namespace's sockstat files, opened on first use: ours directly,
+/// another through a process inside it (checked to be inside before and
+/// after the open), else by entering it.
+fn sockstat_files(
+    inode: u32,
+    pid: Option<u32>,
+    path: Option<&Path>,
+) -> Option<Arc<sockstat::Files>> {
+    if let Some(files) = lock_files().get(&inode) {
+        return Some(Arc::clone(files));
+    }
+    let files = match path {
+        None => sockstat::Files::open_here().ok()?,
+        Some(path) => {
+            let inside = |pid: u32| netns::inode_of_pid(pid) == Some(inode);
+            let by_pid = pid
+                .filter(|pid| inside(*pid))
+                .and_then(|pid| sockstat::Files::open_pid(pid).ok().filter(|_| inside(pid)));
+            match by_pid {
+                Some(files) => files,
+                None => netns::run_in(path, sockstat::Files::open_here).ok()?.ok()?,
+            }
+        }
+    };
+    let files = Arc::new(files);
+    lock_files().insert(inode, Arc::clone(&files));
+    Some(files)
+}
+
 /// [`sockstats`] by (inode, the way in, a pid inside).
 pub(super) fn sockstats_of<'a>(
     namespaces: impl Iterator<Item = (u32, Option<&'a Path>, Option<u32>)>,
 ) -> HashMap<u32, SockStat> {
-    let mut out = HashMap::new();
-    let mut entered: Vec<(u32, &Path)> = Vec::new();
-    for (inode, path, pid) in namespaces {
-        match path {
-            None => {
-                if let Ok(stat) = sockstat::read() {
-                    out.insert(inode, stat);
-                }
-            }
-            Some(path) => {
-                let by_pid = pid
-                    .filter(|pid| netns::inode_of_pid(*pid) == Some(inode))
-                    .and_then(|pid| sockstat::read_pid(pid).ok());
-                match by_pid {
-                    Some(stat) => {
-                        out.insert(inode, stat);
-                    }
-                    None => entered.push((inode, path)),
-                }
-            }
-        }
-    }
-    let paths: Vec<&Path> = entered.iter().map(|(_, p)| *p).collect();
-    let read = netns::run_in_each(&paths, || sockstat::read().ok());
-    for ((inode, _), stat) in entered.iter().zip(read) {
-        if let Some(stat) = stat.flatten() {
-            out.insert(*inode, stat);
-        }
-    }
-    out
+    namespaces
+        .filter_map(|(inode, path, pid)| Some((inode, sockstat_of(inode, pid, path)?)))
+        .collect()
 }
 
-/// The kernel's O(1) counters of a namespace: ours directly, another through
-/// a process inside it (checked to still be inside), else by entering it.
+/// The kernel's O(1) counters of a namespace, from its open sockstat files.
 pub(super) fn sockstat_of(inode: u32, pid: Option<u32>, path: Option<&Path>) -> Option<SockStat> {
-    let Some(path) = path else {
-        return sockstat::read().ok();
-    };
-    if let Some(pid) = pid
-        && netns::inode_of_pid(pid) == Some(inode)
-    {
-        return sockstat::read_pid(pid).ok();
+    let files = sockstat_files(inode, pid, path)?;
+    match files.read() {
+        Ok(stat) => Some(stat),
+        Err(e) => {
+            // Opened again next time.
+            log::debug!("namespace {inode}: {e}");
+            lock_files().remove(&inode);
+            None
+        }
     }
-    netns::run_in(path, sockstat::read).ok()?.ok()
 }
 
 /// `--pin`: adopt this layout's pinned generation if there is a sound one,
