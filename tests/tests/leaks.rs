@@ -183,7 +183,12 @@ fn leaking_program_is_named_and_alerts_clear() -> Result<()> {
         );
     }
     let (line, code) = check_leaks(agent)?;
-    ensure!(code == 2, "check --leaks exit {code}: {line}");
+    ensure!(
+        code == 2,
+        "check --leaks exit {code}: {line}\nalert events since: {:?}\nagent log:\n{}",
+        alerts.try_iter().collect::<Vec<_>>(),
+        agent.log()
+    );
     ensure!(
         line.contains("[CRITICAL]") && line.contains("leaker"),
         "{line}"
