@@ -1,6 +1,7 @@
-//! Types that cross the kernel boundary: written by the eBPF program, read
-//! (and for seeding, written) by the agent. Every struct is `#[repr(C)]` with
-//! explicit padding so both sides agree byte for byte.
+//! Types that cross the kernel boundary: written by the eBPF programs, read
+//! by the agent (which writes only switches and the seeded-namespace set).
+//! Every struct is `#[repr(C)]` with explicit padding so both sides agree
+//! byte for byte.
 #![no_std]
 
 #[cfg(feature = "serde")]
@@ -149,12 +150,6 @@ pub const STATE_SLOTS: usize = 16;
 #[derive(Clone, Copy, Debug)]
 pub struct NsCounts {
     pub count: [i64; 2 * STATE_SLOTS],
-}
-
-impl NsCounts {
-    pub const ZERO: NsCounts = NsCounts {
-        count: [0; 2 * STATE_SLOTS],
-    };
 }
 
 /// Slot of `family` (FAMILY_*) and `state` in [`NsCounts::count`].

@@ -174,27 +174,17 @@ pub fn link_create(
     target: BorrowedFd<'_>,
     attach_type: u32,
 ) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct Attr {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-        _rest: [u64; 6],
-    }
-    let attr = Attr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: target.as_raw_fd() as u32,
-        attach_type,
-        flags: 0,
-        _rest: [0; 6],
-    };
-    sys_bpf(BPF_LINK_CREATE, &attr)
+    raw_link_create(prog, target.as_raw_fd() as u32, attach_type)
 }
 
 /// Attach a loaded iterator program (BPF_TRACE_ITER): the link is what
 /// [`iter_create`] makes iterators from.
 pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    raw_link_create(prog, 0, BPF_TRACE_ITER)
+}
+
+/// BPF_LINK_CREATE with no options.
+fn raw_link_create(prog: BorrowedFd<'_>, target_fd: u32, attach_type: u32) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct Attr {
         prog_fd: u32,
@@ -205,8 +195,8 @@ pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
     let attr = Attr {
         prog_fd: prog.as_raw_fd() as u32,
-        target_fd: 0,
-        attach_type: BPF_TRACE_ITER,
+        target_fd,
+        attach_type,
         flags: 0,
         _rest: [0; 6],
     };
