@@ -321,6 +321,26 @@ pub fn netconn_programs() -> usize {
         .unwrap_or(0)
 }
 
+/// The netconn programs loaded before a test starts its own: the count once
+/// it has stood still for 500 ms (at most 10 s), so that a program an
+/// earlier test's agent left behind while exiting, which the kernel is still
+/// releasing, is not counted as staying (seen: a pin test right after the
+/// netns tests counted one too many and then waited for it in vain).
+pub fn netconn_programs_baseline() -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut count = netconn_programs();
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(500) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = netconn_programs();
+        if now != count {
+            count = now;
+            since = Instant::now();
+        }
+    }
+    count
+}
+
 /// Wait until `n` netconn programs are loaded. The kernel releases a
 /// program's link and the program itself from a work queue shortly after
 /// the last descriptor closes, so give it a few seconds.

@@ -28,8 +28,8 @@ pub mod spec;
 pub mod ss;
 
 pub use agent::{
-    Agent, loaded_bpf_program_names, netconn_bin, netconn_programs, netconn_programs_settle_at,
-    rss_kib, socket_path,
+    Agent, loaded_bpf_program_names, netconn_bin, netconn_programs, netconn_programs_baseline,
+    netconn_programs_settle_at, rss_kib, socket_path,
 };
 pub use netconn_common::{Counts, Family, State};
 pub use netns::{Netns, with_netns};

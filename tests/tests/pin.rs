@@ -122,7 +122,7 @@ fn restart_adopts_the_pinned_generation_without_a_gap() -> Result<()> {
     let ns = Netns::create("nc-pin")?;
     let root = PinRoot::new("adopt");
     let socket = socket_path();
-    let before = netconn_programs();
+    let before = netconn_programs_baseline();
     let _steady = Population::start_with(
         POPGEN,
         &PopSpec {
@@ -220,7 +220,7 @@ fn upgrade_across_layouts_seeds_its_own_and_removes_the_old() -> Result<()> {
     let ns = Netns::create("nc-upgrade")?;
     let root = PinRoot::new("upgrade");
     let socket = socket_path();
-    let before = netconn_programs();
+    let before = netconn_programs_baseline();
     let _steady = Population::start_with(
         POPGEN,
         &PopSpec {
@@ -267,7 +267,7 @@ fn without_pin_nothing_is_left_behind() -> Result<()> {
     require_root()?;
     let ns = Netns::create("nc-nopin")?;
     let root = PinRoot::new("none");
-    let before = netconn_programs();
+    let before = netconn_programs_baseline();
     let agent = Agent::start_in(Some(&ns), &["--pin-root", &root.0.display().to_string()])?;
     let (_, meta) = agent.counts()?;
     ensure!(meta.get("pinned").is_none(), "pinned without --pin: {meta}");

@@ -45,7 +45,7 @@ fn population_before_start_matches_ss() -> Result<()> {
     };
     let pop = Population::start_with(POPGEN, &spec, &in_ns(&ns))?;
     ensure!(pop.len() >= 2, "population should span several processes");
-    let before = netconn_programs();
+    let before = netconn_programs_baseline();
     let agent = Agent::start_in(Some(&ns), &[])?;
     let seen = agent.assert_matches_ss(SETTLE)?;
     // The population is what we asked for (the agent was compared with ss;
@@ -335,7 +335,7 @@ fn other_namespace_sockets_do_not_count() -> Result<()> {
 fn restart_under_churn_is_exact_and_detaches() -> Result<()> {
     require_root()?;
     let ns = Netns::create("nc-restart")?;
-    let before = netconn_programs();
+    let before = netconn_programs_baseline();
     let churn = Population::start_with(
         POPGEN,
         &PopSpec {
