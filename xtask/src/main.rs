@@ -84,6 +84,9 @@ enum Task {
         /// `--part netns`: sockets in the one big namespace.
         #[arg(long, default_value_t = 291_000)]
         big_sockets: u64,
+        /// `--part netns`: interleaved `ss -tan` / agent start-ups in the big namespace (medians).
+        #[arg(long, default_value_t = 5)]
+        big_rounds: usize,
         /// `--part netns`: seconds over which CPU at rest is measured.
         #[arg(long, default_value_t = 20)]
         rest_seconds: u64,
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
             namespaces,
             per_namespace,
             big_sockets,
+            big_rounds,
             rest_seconds,
         } => setup_if_needed().and_then(|()| {
             if part == "load" || part == "all" {
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
                         namespaces,
                         sockets_per_namespace: per_namespace,
                         big_sockets,
+                        big_rounds,
                         rest_seconds,
                     },
                 )?;
