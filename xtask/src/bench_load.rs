@@ -24,7 +24,19 @@ pub struct LoadArgs {
     pub connections: u32,
 }
 
-const PROGRAMS: [&str; 2] = ["netconn_state", "netconn_backup"];
+/// Every program the agent loads: the two on the tracepoint, the change
+/// hooks (sock_ops and cgroup connect, which run per connection, not per
+/// transition) and the seeding iterator (start-up only).
+const PROGRAMS: [&str; 6] = [
+    "netconn_state",
+    "netconn_backup",
+    "netconn_sockops",
+    "netconn_connect4",
+    "netconn_connect6",
+    "netconn_seed",
+];
+/// The change hooks, shown together.
+const HOOKS: [&str; 3] = ["netconn_sockops", "netconn_connect4", "netconn_connect6"];
 const PORT: u16 = 8080;
 
 /// Debian packages the load needs, by the binary that shows they are there.
@@ -609,8 +621,14 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
         "kernel cost, kernel.bpf_stats_enabled=1 ({stats_rounds} rounds per mode; medians of per-round means)"
     );
     println!(
-        "{:<24} | {:>15} | {:>15} | {:>9} | {:>12} | {:>9}",
-        "mode", "netconn_state", "netconn_backup", "total", "transitions", "per conn"
+        "{:<24} | {:>15} | {:>15} | {:>22} | {:>9} | {:>12} | {:>9}",
+        "mode",
+        "netconn_state",
+        "netconn_backup",
+        "change hooks (runs)",
+        "total",
+        "transitions",
+        "per conn"
     );
     for mode in [Mode::Agent, Mode::Watcher] {
         let of: Vec<&Round> = costed.iter().filter(|r| r.mode == mode).collect();
@@ -627,6 +645,33 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
         };
         let primary = per_prog(PROGRAMS[0]);
         let backup = per_prog(PROGRAMS[1]);
+        let hooks = median(
+            of.iter()
+                .filter_map(|r| {
+                    let primary_runs = r.programs.iter().find(|p| p.0 == PROGRAMS[0])?.2;
+                    let t: u64 = r
+                        .programs
+                        .iter()
+                        .filter(|p| HOOKS.contains(&p.0.as_str()))
+                        .map(|p| p.1)
+                        .sum();
+                    Some(t as f64 / primary_runs.max(1) as f64)
+                })
+                .collect(),
+        );
+        let hook_runs = median(
+            of.iter()
+                .map(|r| {
+                    let runs: u64 = r
+                        .programs
+                        .iter()
+                        .filter(|p| HOOKS.contains(&p.0.as_str()))
+                        .map(|p| p.2)
+                        .sum();
+                    runs as f64 / r.requests.max(1) as f64
+                })
+                .collect(),
+        );
         let total = median(
             of.iter()
                 .filter_map(|r| {
@@ -649,10 +694,12 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
                 .collect(),
         );
         println!(
-            "{:<24} | {:>12.0} ns | {:>12.0} ns | {:>6.0} ns | {:>12} | {:>9.2}",
+            "{:<24} | {:>12.0} ns | {:>12.0} ns | {:>7.0} ns ({:>4.1}/conn) | {:>6.0} ns | {:>12} | {:>9.2}",
             mode.name(),
             primary,
             backup,
+            hooks,
+            hook_runs,
             total,
             transitions,
             per_conn
@@ -676,7 +723,9 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
     );
     println!(
         "(ns per transition = program run time / primary runs; the primary runs once per \
-         transition, the backup too; nested runs the kernel skipped for the primary: {misses}; \
+         transition, the backup too; the change hooks (sock_ops, cgroup connect) run per \
+         connection, and their time is spread over its transitions; total = every netconn \
+         program; nested runs the kernel skipped for the primary: {misses}; \
          lines the watcher received in the bpf_stats rounds: {watched})"
     );
     Ok(())
