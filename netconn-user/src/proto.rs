@@ -185,7 +185,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn is_empty(&self) -> bool {
+    /// Whether it lets every event through.
+    pub fn is_empty(&self) -> bool {
         *self == Filter::default()
     }
 

@@ -7,7 +7,7 @@ use std::{
     io,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -228,18 +228,18 @@ async fn watch(
         let mut scratch = [0u8; 256];
         loop {
             tokio::select! {
-                line = sub.lines.recv() => {
-                    let Some(line) = line else { return Ok(()) };
+                lines = sub.lines.recv() => {
+                    let Some(lines) = lines else { return Ok(()) };
                     if let Some(dropped) = sub.counters.take_dropped_line() {
                         write.write_all(dropped.as_bytes()).await?;
                         write.write_all(b"\n").await?;
                     }
-                    write.write_all(line.as_bytes()).await?;
-                    write.write_all(b"\n").await?;
+                    sub.counters.queued.fetch_sub(lines.count, Ordering::Relaxed);
+                    write.write_all(lines.text.as_bytes()).await?;
                     // Batch writes while more lines are queued.
-                    while let Ok(line) = sub.lines.try_recv() {
-                        write.write_all(line.as_bytes()).await?;
-                        write.write_all(b"\n").await?;
+                    while let Ok(lines) = sub.lines.try_recv() {
+                        sub.counters.queued.fetch_sub(lines.count, Ordering::Relaxed);
+                        write.write_all(lines.text.as_bytes()).await?;
                     }
                     write.flush().await?;
                 }

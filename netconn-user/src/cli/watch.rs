@@ -89,9 +89,18 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
             }
         }
         let written = if args.json {
-            // The agent's lines are already the documented JSON: pass them
-            // through unparsed, so one watcher keeps up with the kernel.
-            out.write_all(line.as_bytes())
+            // The agent's lines are already the documented JSON: from here
+            // on, pass its bytes through as they come (no line splitting,
+            // no UTF-8 check), so one watcher keeps up with the kernel at
+            // little cost.
+            if out
+                .write_all(line.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return Ok(());
+            }
+            return pass_through(reader, out);
         } else {
             let value: WatchLine =
                 serde_json::from_str(&line).context("the agent sent a malformed line")?;
@@ -105,6 +114,27 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
         if reader.buffer().is_empty() && out.flush().is_err() {
             return Ok(());
         }
+    }
+}
+
+/// Copy the agent's stream to `out` until either end closes.
+fn pass_through(
+    mut reader: BufReader<UnixStream>,
+    mut out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    loop {
+        let chunk = reader.fill_buf().context("reading from the agent")?;
+        if chunk.is_empty() {
+            // Whatever is buffered goes out before the error.
+            let _ = out.flush();
+            anyhow::bail!("the agent closed the stream");
+        }
+        let n = chunk.len();
+        // A closed stdout (e.g. `| head`) ends the watch quietly.
+        if out.write_all(chunk).and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+        reader.consume(n);
     }
 }
 
