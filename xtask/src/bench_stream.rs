@@ -12,7 +12,16 @@ use std::{
 use anyhow::{Context as _, Result};
 use netconn_tests::{Agent, ChurnSpec, Netns, PopOptions, PopSpec, Population};
 
-const PROGRAMS: [&str; 2] = ["netconn_state", "netconn_backup"];
+/// Every program that runs while sockets change: the two on the tracepoint
+/// (the first runs once per transition) and the change hooks (per
+/// connection).
+const PROGRAMS: [&str; 5] = [
+    "netconn_state",
+    "netconn_backup",
+    "netconn_sockops",
+    "netconn_connect4",
+    "netconn_connect6",
+];
 
 /// Summed (run time, run count) of our programs in the kernel.
 fn bpf_stats() -> Result<(Duration, u64)> {
@@ -157,7 +166,7 @@ pub fn run(popgen: &Path, netconn: &Path, seconds: u64) -> Result<()> {
 
     println!();
     println!(
-        "netconn stream bench ({seconds} s of loopback churn per phase, kernel.bpf_stats_enabled=1)"
+        "netconn stream bench ({seconds} s of loopback churn per phase, kernel.bpf_stats_enabled=1; kernel ns per transition: every netconn program, change hooks included)"
     );
     println!(
         "{:<22} | {:>12} {:>12} | {:>14} | {:>10}",

@@ -127,6 +127,10 @@ fn main() -> ExitCode {
                 bench_load::setup()?;
             }
             let netconn = build()?;
+            // NETCONN_BIN: measure another build (e.g. a baseline) instead.
+            let netconn = std::env::var_os("NETCONN_BIN")
+                .map(PathBuf::from)
+                .unwrap_or(netconn);
             let popgen = workspace_root().join("target/release/popgen");
             if part == "all" || part == "check" {
                 bench::run(
@@ -169,10 +173,6 @@ fn main() -> ExitCode {
                 bench_metrics::run(&netconn, namespaces, scrapes)?;
             }
             if part == "all" || part == "load" {
-                // NETCONN_BIN: compare another build (e.g. a baseline) under load.
-                let netconn = std::env::var_os("NETCONN_BIN")
-                    .map(PathBuf::from)
-                    .unwrap_or(netconn);
                 bench_load::run(
                     &netconn,
                     &bench_load::LoadArgs {
