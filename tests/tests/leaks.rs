@@ -319,3 +319,78 @@ older_than = "3s"
     agent.stop()?;
     Ok(())
 }
+
+/// A re-seed must not restart leak ages: the fresh generation's seeded
+/// entries only know when they were seeded, so without the ages the
+/// retired generation knew, every age alert would clear and `check
+/// --leaks` drop from critical. The re-seed is forced from another
+/// namespace the agent tracks, by a socket that changes family without an
+/// event (IPV6_ADDRFORM), so the leak itself is left alone.
+#[test]
+fn leak_ages_survive_a_reseed() -> Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd as _;
+    require_root()?;
+    let lab = Lab::new("nc-leak-reseed")?;
+    let _leaker = Leaker::start(&lab.ns, 7320, false)?;
+    wait_for(&lab.alerts, "age alert", Duration::from_secs(8), |a| {
+        a["event"] == "fired" && a["rule"] == "cw-age"
+    })?;
+
+    let other = Netns::create("nc-leak-af")?;
+    let _held = other.run(|| -> Result<_> {
+        let listener = TcpListener::bind("[::]:0")?;
+        let port = listener.local_addr()?.port();
+        let client = TcpStream::connect(("::ffff:127.0.0.1", port))?;
+        let (server, _) = listener.accept()?;
+        // The agent must have seen the v6 pair before it changes family.
+        std::thread::sleep(Duration::from_millis(1500));
+        // include/uapi/linux/in6.h: IPV6_ADDRFORM = 1.
+        const IPV6_ADDRFORM: libc::c_int = 1;
+        let af_inet: libc::c_int = libc::AF_INET;
+        // SAFETY: setsockopt on a socket we own, with a valid int.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                IPV6_ADDRFORM,
+                (&raw const af_inet).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "IPV6_ADDRFORM: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok((listener, client, server))
+    })??;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, meta) = lab.agent.counts()?;
+        if meta["reseeds_total"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no re-seed within 30 s: {meta}\nagent log:\n{}",
+            lab.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cleared = wait_for(&lab.alerts, "age alert cleared", Duration::from_secs(3), |a| {
+        a["event"] == "cleared" && a["rule"] == "cw-age"
+    });
+    ensure!(
+        cleared.is_err(),
+        "the age alert cleared after the re-seed: {cleared:?}\nagent log:\n{}",
+        lab.agent.log()
+    );
+    let (line, code) = check_leaks(&lab.agent)?;
+    ensure!(
+        code == 2,
+        "check --leaks exit {code} after the re-seed: {line}\nagent log:\n{}",
+        lab.agent.log()
+    );
+    Ok(())
+}

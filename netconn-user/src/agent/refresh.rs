@@ -22,7 +22,7 @@ use super::{
     naming,
     tracker::{
         Namespace, Tracker, TrackerError, Untracked, disagreement, family_moved, forget_sockstat,
-        read_lock, sockstat_of, sockstats_of, write_lock,
+        inherit_since, read_lock, sockstat_of, sockstats_of, write_lock,
     },
 };
 use crate::kernel::{
@@ -64,6 +64,10 @@ const RESEED_BACKOFF: Duration = Duration::from_secs(10);
 /// How often /proc and /run/netns are scanned for namespaces that no kernel
 /// event announced (UDP-only ones) and for namespaces that are gone.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the leak ages inherited across a re-seed are pruned (a walk
+/// of what the last re-seed passed on).
+const PRUNE_INHERITED_EVERY: Duration = Duration::from_secs(60);
 
 /// A namespace to refresh: inode, the way in, a pid inside, its cookie.
 type Target = (u32, Option<std::path::PathBuf>, Option<u32>, Option<u64>);
@@ -442,6 +446,7 @@ impl Tracker {
         let mut watches: HashMap<u32, Watch> = lock(&self.first_watches).take().unwrap_or_default();
         let mut last_reseed: Option<Instant> = None;
         let mut last_scan = Instant::now();
+        let mut last_prune = Instant::now();
         let mut known_kernel: BTreeMap<u32, ()> = BTreeMap::new();
         while !self.stopped() {
             let started = Instant::now();
@@ -464,6 +469,10 @@ impl Tracker {
                 known_kernel = kernel_seen.into_iter().map(|i| (i, ())).collect();
             }
             let drifted = self.refresh_pass(&mut watches);
+            if last_prune.elapsed() >= PRUNE_INHERITED_EVERY {
+                last_prune = Instant::now();
+                self.prune_inherited();
+            }
             // Kernel-side trouble concerns every namespace; drift, the one
             // that drifted.
             let trouble = match generation.health().reasons.into_iter().next() {
@@ -542,6 +551,9 @@ impl Tracker {
         }
         log::info!("re-seeded: {:?}", fresh.report());
         let retired = self.current.get();
+        // Before the swap, so that no leak age restarts in between.
+        let inherited = inherit_since(&read_lock(&self.inherited_since), retired.probe.entries());
+        *write_lock(&self.inherited_since) = inherited;
         self.current.install(fresh);
         // After the swap: a reader in between sees fewer losses, never the
         // old generation's twice (and `events_missed` never goes back).

@@ -24,7 +24,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use netconn_common::{
-    Counts, FAMILY_INET, FAMILY_INET6, Family, STAT_EVENTS_DROPPED, STATE_SLOTS, State, slot,
+    Counts, ENTRY_SEEDED, FAMILY_INET, FAMILY_INET6, Family, STAT_EVENTS_DROPPED, STATE_SLOTS,
+    SockEntry, State, slot,
 };
 
 pub use super::generation::{Config, TrackerError};
@@ -163,6 +164,9 @@ pub struct Tracker {
     /// TCP transitions counted by generations re-seeding replaced, so that
     /// the total never goes back.
     pub(super) transitions_retired: RwLock<HashMap<(u8, u8, u8), u64>>,
+    /// What generations re-seeding replaced knew of each socket's time in
+    /// its state (see [`inherit_since`]).
+    pub(super) inherited_since: RwLock<InheritedSince>,
     /// The highest [`Tracker::events_missed`] answered, so the counter never
     /// goes back while a re-seed swaps generations.
     missed_answered: AtomicU64,
@@ -224,6 +228,7 @@ impl Tracker {
             missed_retired: AtomicU64::new(0),
             first_watches: std::sync::Mutex::new(None),
             transitions_retired: RwLock::new(HashMap::new()),
+            inherited_since: RwLock::new(HashMap::new()),
             missed_answered: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             pin: RwLock::new(pin),
@@ -582,10 +587,26 @@ impl Tracker {
     /// How long the full TCP socket with this cookie has been in its state,
     /// from its kernel-side entry. For a seeded socket this is a lower bound
     /// (time since the agent saw it).
+    /// Forget inherited times that no longer apply: the socket closed or
+    /// had an event since (its entry then carries its own time).
+    pub(super) fn prune_inherited(&self) {
+        if read_lock(&self.inherited_since).is_empty() {
+            return;
+        }
+        let generation = self.current.get();
+        write_lock(&self.inherited_since).retain(|cookie, (state, _)| {
+            generation
+                .probe
+                .socket(*cookie)
+                .is_some_and(|e| e.flags == ENTRY_SEEDED && e.state == *state)
+        });
+    }
+
     pub fn time_in_state(&self, cookie: u64) -> Option<Duration> {
         let entry = self.current.get().probe.socket(cookie)?;
+        let since = since_with_inherited(&entry, read_lock(&self.inherited_since).get(&cookie));
         Some(Duration::from_nanos(
-            kernel::boot_ns().saturating_sub(entry.since_ns),
+            kernel::boot_ns().saturating_sub(since),
         ))
     }
 
@@ -808,11 +829,99 @@ pub(super) fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_,
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Cookie -> (state, since_ns) of sockets as generations that re-seeding
+/// replaced last knew them.
+pub(super) type InheritedSince = HashMap<u64, (u8, u64)>;
+
+/// A re-seed starts a fresh generation whose seeded entries know only when
+/// they were seeded: without help, every leak age would restart at zero and
+/// every age alert clear. The retired generation knew better for each
+/// socket it tracked in the same state (cookies are never reused, and TCP
+/// never returns to a state it left), so keep its times, merged with what
+/// earlier re-seeds passed on. Called with the retired generation's
+/// entries, taken after the fresh one was seeded.
+pub(super) fn inherit_since(
+    earlier: &InheritedSince,
+    retired: Vec<(u64, SockEntry)>,
+) -> InheritedSince {
+    retired
+        .into_iter()
+        .map(|(cookie, entry)| {
+            let since = since_with_inherited(&entry, earlier.get(&cookie));
+            (cookie, (entry.state, since))
+        })
+        .collect()
+}
+
+/// When the socket of `entry` entered its state: its own time, or an
+/// inherited earlier one while the entry is still as seeding made it (no
+/// event since) and in the same state.
+pub(super) fn since_with_inherited(entry: &SockEntry, inherited: Option<&(u8, u64)>) -> u64 {
+    match inherited {
+        Some(&(state, since)) if entry.flags == ENTRY_SEEDED && entry.state == state => {
+            since.min(entry.since_ns)
+        }
+        _ => entry.since_ns,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
 
+    use netconn_common::{ENTRY_LIVE, model::TCP_CLOSE_WAIT, model::TCP_ESTABLISHED};
+
     use super::*;
+
+    fn entry(state: u8, since_ns: u64, flags: u8) -> SockEntry {
+        SockEntry {
+            since_ns,
+            netns: 1,
+            state,
+            family: FAMILY_INET,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn a_reseed_keeps_what_the_retired_generation_knew_of_ages() {
+        let cw = TCP_CLOSE_WAIT;
+        // Seeded by the fresh generation at 900, in the state the retired
+        // one had known since 100: 100.
+        let inherited = Some(&(cw, 100));
+        assert_eq!(
+            since_with_inherited(&entry(cw, 900, ENTRY_SEEDED), inherited),
+            100
+        );
+        // An event since (a live entry), or another state: its own time.
+        assert_eq!(
+            since_with_inherited(&entry(cw, 900, ENTRY_LIVE), inherited),
+            900
+        );
+        assert_eq!(
+            since_with_inherited(&entry(TCP_ESTABLISHED, 900, ENTRY_SEEDED), inherited),
+            900
+        );
+        assert_eq!(
+            since_with_inherited(&entry(cw, 900, ENTRY_SEEDED), None),
+            900
+        );
+
+        // A second re-seed passes on what the first one did, for entries
+        // still as seeding made them; a socket's own later time otherwise.
+        let earlier: InheritedSince = [(7, (cw, 100)), (8, (cw, 200))].into_iter().collect();
+        let retired = vec![
+            (7, entry(cw, 900, ENTRY_SEEDED)),
+            (8, entry(cw, 950, ENTRY_LIVE)),
+            (9, entry(TCP_ESTABLISHED, 300, ENTRY_LIVE)),
+        ];
+        let passed_on = inherit_since(&earlier, retired);
+        assert_eq!(passed_on.get(&7), Some(&(cw, 100)));
+        assert_eq!(passed_on.get(&8), Some(&(cw, 950)));
+        assert_eq!(passed_on.get(&9), Some(&(TCP_ESTABLISHED, 300)));
+        assert_eq!(passed_on.len(), 3);
+    }
 
     #[test]
     fn disagreement_counts_only_at_a_quiet_moment() {

@@ -484,6 +484,17 @@ impl Probe {
             .collect()
     }
 
+    /// Every live entry: (cookie, entry). A walk of the whole table; for a
+    /// re-seed, never on a query path.
+    pub fn entries(&self) -> Vec<(u64, SockEntry)> {
+        self.maps
+            .socks
+            .live()
+            .into_iter()
+            .map(|e| (e.cookie, entry_of(&e)))
+            .collect()
+    }
+
     /// Summed per-CPU TCP counter deltas of one namespace (slot layout of
     /// `NsCounts`); zeros if the namespace has no counters yet.
     pub fn tcp_deltas(&self, netns: u32) -> Result<[i64; 2 * STATE_SLOTS], ProbeError> {
