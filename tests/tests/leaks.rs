@@ -378,9 +378,12 @@ fn leak_ages_survive_a_reseed() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cleared = wait_for(&lab.alerts, "age alert cleared", Duration::from_secs(3), |a| {
-        a["event"] == "cleared" && a["rule"] == "cw-age"
-    });
+    let cleared = wait_for(
+        &lab.alerts,
+        "age alert cleared",
+        Duration::from_secs(3),
+        |a| a["event"] == "cleared" && a["rule"] == "cw-age",
+    );
     ensure!(
         cleared.is_err(),
         "the age alert cleared after the re-seed: {cleared:?}\nagent log:\n{}",
