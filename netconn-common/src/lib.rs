@@ -97,7 +97,7 @@ pub const fn spill_capacity(max_sockets: u32) -> u32 {
 /// counting rules. Bump it with any such change: an agent adopts only pins
 /// of its own version (bpffs does not check a reopened map's layout) and
 /// replaces any other. Pins live under `<pin root>/layout-<version>/`.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `COUNTS` and `TRANSITIONS` hold two banks: one written only by the
 /// primary program, one only by the backup. The two can nest on one CPU but

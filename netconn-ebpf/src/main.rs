@@ -16,7 +16,7 @@
 mod changes;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_seq_write, bpf_skc_to_tcp_sock},
@@ -131,8 +131,12 @@ static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BANKS * TRA
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Unread bytes in EVENTS at which the reader is woken (about 700 events).
-const WAKEUP_BYTES: u64 = 64 * 1024;
+/// Events a CPU writes to EVENTS before it wakes the reader (the reader
+/// also polls every few milliseconds). Counted per CPU rather than asking
+/// the ring for its unread bytes: that reads the consumer position, which
+/// the reader writes for every event it takes, so the cache line bounced
+/// between the reader's CPU and every writer's on each event.
+const WAKEUP_EVENTS: u64 = 640;
 
 /// Switches set by the agent (CONTROL_*).
 #[map]
@@ -142,12 +146,14 @@ static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_SLOTS, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// This CPU's clock reading at the start of the current jiffy.
+/// This CPU's clock reading at the start of the current jiffy, and its
+/// stream events since it last woke the reader.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Tick {
     jiffies: u64,
     boot_ns: u64,
+    unwoken: u64,
 }
 
 #[map]
@@ -719,10 +725,20 @@ fn emit(sk: *const c_void, stream: &Stream) {
     // Waking the reader costs more than the rest of this program; wake it
     // only when a batch has built up. The agent polls every few
     // milliseconds for the rest, which bounds a watcher's delay.
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
+    let wake = match TICK.get_ptr_mut(0) {
+        // SAFETY: this CPU's copy of our own map value. A nested run may
+        // see a half-done count: one wake-up early or late, no more.
+        Some(tick) => unsafe {
+            let unwoken = read_volatile(&raw const (*tick).unwoken) + 1;
+            if unwoken >= WAKEUP_EVENTS {
+                write_volatile(&raw mut (*tick).unwoken, 0);
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                write_volatile(&raw mut (*tick).unwoken, unwoken);
+                BPF_RB_NO_WAKEUP
+            }
+        },
+        None => BPF_RB_FORCE_WAKEUP,
     };
     slot.submit(wake as u64);
 }

@@ -284,7 +284,7 @@ fn pump(
             revents: 0,
         };
         // The kernel wakes us only once a batch has built up (see
-        // netconn-ebpf's WAKEUP_BYTES); this timeout bounds the delay of
+        // netconn-ebpf's WAKEUP_EVENTS); this timeout bounds the delay of
         // the rest.
         let timeout = if hub.has_event_watchers() {
             POLL_MS
