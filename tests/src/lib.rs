@@ -53,5 +53,30 @@ pub fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turn a connected AF_INET6 TCP socket with v4-mapped addresses into an
+/// AF_INET one (IPV6_ADDRFORM): the kernel moves it between families without
+/// firing the state tracepoint, which the agent must notice.
+pub fn ipv6_addrform_to_v4(socket: &impl std::os::fd::AsRawFd) -> anyhow::Result<()> {
+    // include/uapi/linux/in6.h: IPV6_ADDRFORM = 1.
+    const IPV6_ADDRFORM: libc::c_int = 1;
+    let af_inet: libc::c_int = libc::AF_INET;
+    // SAFETY: setsockopt on a socket the caller owns, with a valid int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            IPV6_ADDRFORM,
+            (&raw const af_inet).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "IPV6_ADDRFORM: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

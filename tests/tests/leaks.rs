@@ -329,7 +329,6 @@ older_than = "3s"
 #[test]
 fn leak_ages_survive_a_reseed() -> Result<()> {
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd as _;
     require_root()?;
     let lab = Lab::new("nc-leak-reseed")?;
     let _leaker = Leaker::start(&lab.ns, 7320, false)?;
@@ -345,24 +344,7 @@ fn leak_ages_survive_a_reseed() -> Result<()> {
         let (server, _) = listener.accept()?;
         // The agent must have seen the v6 pair before it changes family.
         std::thread::sleep(Duration::from_millis(1500));
-        // include/uapi/linux/in6.h: IPV6_ADDRFORM = 1.
-        const IPV6_ADDRFORM: libc::c_int = 1;
-        let af_inet: libc::c_int = libc::AF_INET;
-        // SAFETY: setsockopt on a socket we own, with a valid int.
-        let rc = unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                IPV6_ADDRFORM,
-                (&raw const af_inet).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "IPV6_ADDRFORM: {}",
-            std::io::Error::last_os_error()
-        );
+        ipv6_addrform_to_v4(&client)?;
         Ok((listener, client, server))
     })??;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -722,7 +722,6 @@ fn sockaddr(addr: &SocketAddr) -> Result<libc::sockaddr_in> {
 /// exact; then the agent re-seeds and is exact again.
 #[test]
 fn addrform_is_never_answered_as_exact_when_wrong() -> Result<()> {
-    use std::os::fd::AsRawFd as _;
     require_root()?;
     let ns = Netns::create("nc-addrform")?;
     let agent = Agent::start_in(Some(&ns), &[])?;
@@ -740,24 +739,7 @@ fn addrform_is_never_answered_as_exact_when_wrong() -> Result<()> {
         "{before:?}"
     );
 
-    // include/uapi/linux/in6.h: IPV6_ADDRFORM = 1.
-    const IPV6_ADDRFORM: libc::c_int = 1;
-    let af_inet: libc::c_int = libc::AF_INET;
-    // SAFETY: setsockopt on a socket we own, with a valid int.
-    let rc = unsafe {
-        libc::setsockopt(
-            client.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            IPV6_ADDRFORM,
-            (&raw const af_inet).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "IPV6_ADDRFORM: {}",
-        std::io::Error::last_os_error()
-    );
+    ipv6_addrform_to_v4(&client)?;
     let want = ns.ss_counts()?;
     ensure!(want.get(Family::Tcp4, State::Established) == 1, "{want:?}");
 

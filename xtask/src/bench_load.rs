@@ -637,33 +637,23 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
     );
     for mode in [Mode::Agent, Mode::Watcher] {
         let of: Vec<&Round> = costed.iter().filter(|r| r.mode == mode).collect();
-        let per_prog = |name: &str| {
+        // Median over rounds of the run time of the programs `pick` selects,
+        // per transition (a primary run).
+        let per_transition = |pick: &dyn Fn(&str) -> bool| {
             median(
                 of.iter()
                     .filter_map(|r| {
                         let primary_runs = r.programs.iter().find(|p| p.0 == PROGRAMS[0])?.2;
-                        let (_, t, _, _) = r.programs.iter().find(|p| p.0 == name)?;
-                        Some(*t as f64 / primary_runs.max(1) as f64)
+                        let t: u64 = r.programs.iter().filter(|p| pick(&p.0)).map(|p| p.1).sum();
+                        Some(t as f64 / primary_runs.max(1) as f64)
                     })
                     .collect(),
             )
         };
-        let primary = per_prog(PROGRAMS[0]);
-        let backup = per_prog(PROGRAMS[1]);
-        let hooks = median(
-            of.iter()
-                .filter_map(|r| {
-                    let primary_runs = r.programs.iter().find(|p| p.0 == PROGRAMS[0])?.2;
-                    let t: u64 = r
-                        .programs
-                        .iter()
-                        .filter(|p| HOOKS.contains(&p.0.as_str()))
-                        .map(|p| p.1)
-                        .sum();
-                    Some(t as f64 / primary_runs.max(1) as f64)
-                })
-                .collect(),
-        );
+        let primary = per_transition(&|n| n == PROGRAMS[0]);
+        let backup = per_transition(&|n| n == PROGRAMS[1]);
+        let hooks = per_transition(&|n| HOOKS.contains(&n));
+        let total = per_transition(&|_| true);
         let hook_runs = median(
             of.iter()
                 .map(|r| {
@@ -674,15 +664,6 @@ pub fn run(netconn: &Path, args: &LoadArgs) -> Result<()> {
                         .map(|p| p.2)
                         .sum();
                     runs as f64 / r.requests.max(1) as f64
-                })
-                .collect(),
-        );
-        let total = median(
-            of.iter()
-                .filter_map(|r| {
-                    let primary_runs = r.programs.iter().find(|p| p.0 == PROGRAMS[0])?.2;
-                    let t: u64 = r.programs.iter().map(|p| p.1).sum();
-                    Some(t as f64 / primary_runs.max(1) as f64)
                 })
                 .collect(),
         );
